@@ -1,0 +1,75 @@
+//! The JSON manifest stored beside every archive. It is written last and is the commit
+//! marker of a backup: an archive without a manifest is an incomplete upload.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::domain::{BackupId, BackupKind};
+
+/// The manifest format version this build writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Everything needed to identify, verify and restore a backup with standard tools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// Backup id.
+    pub id: BackupId,
+    /// Host the backup belongs to.
+    pub host_id: String,
+    /// Scheduled or manual.
+    pub kind: BackupKind,
+    /// Operator's label, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// When the backup started (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The absolute source paths that were backed up.
+    pub source: Vec<String>,
+    /// Number of entries in the tar stream.
+    pub entries: u64,
+    /// Sum of the regular files' sizes.
+    pub logical_bytes: u64,
+    /// Size of `archive.tar.zst`.
+    pub archive_bytes: u64,
+    /// Hex SHA-256 of `archive.tar.zst`.
+    pub archive_sha256: String,
+    /// Compression of the archive (always `zstd`).
+    pub compression: String,
+    /// The tierkeep version that wrote it.
+    pub tool_version: String,
+    /// The policy in force when it was created.
+    pub policy: String,
+    /// Files that changed, shrank or vanished while being read, and entries skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl Manifest {
+    /// Serialises to pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses and checks the format version.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a tierkeep manifest: {e}"))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(format!(
+                "manifest format {} is not supported by this tierkeep (reads format {})",
+                m.format, MANIFEST_FORMAT
+            ));
+        }
+        if m.archive_sha256.len() != 64 || !m.archive_sha256.bytes().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err("manifest archive_sha256 is not a hex SHA-256".into());
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,90 @@
+//! `tierkeep catalog rebuild|history`
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use tierkeep::domain::rfc3339;
+
+use super::{Global, now, print_json};
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Rebuild the catalog from the zones' manifests (after losing the host's disk, or
+    /// to repair it); removes incomplete uploads.
+    Rebuild(JsonArg),
+    /// The audit trail: created, aged, evicted, deleted... newest first.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this backup.
+    pub id: Option<String>,
+    /// At most this many events.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(g: &Global, c: CatalogCommand) -> Result<ExitCode> {
+    let tk = g.open(false)?;
+    match c {
+        CatalogCommand::Rebuild(a) => {
+            let r = tk.rebuild_catalog(now()).await?;
+            if a.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "catalog rebuilt from the zones: {} backups found, {} added, {} corrected, {} missing",
+                    r.backups,
+                    r.reconcile.discovered.len(),
+                    r.reconcile.moved.len(),
+                    r.reconcile.missing.len()
+                );
+                for m in &r.reconcile.missing {
+                    println!("missing: {m} (recorded, but no zone holds it)");
+                }
+                for i in &r.removed_incomplete {
+                    println!("removed incomplete: {i}");
+                }
+                for u in &r.unreadable {
+                    println!("unreadable, left alone: {u}");
+                }
+            }
+        }
+        CatalogCommand::History(a) => {
+            let events = tk.catalog()?.events(a.id.as_deref(), a.limit)?;
+            if a.json {
+                print_json(&events)?;
+            } else {
+                for e in events {
+                    let zones = match (e.zone_from, e.zone_to) {
+                        (Some(f), Some(t)) => format!("{f} -> {t}"),
+                        (Some(f), None) => format!("from {f}"),
+                        (None, Some(t)) => format!("in {t}"),
+                        (None, None) => String::new(),
+                    };
+                    println!(
+                        "{} {:<10} {} {} {}",
+                        rfc3339(e.at),
+                        e.kind,
+                        e.backup_id.unwrap_or_else(|| "-".into()),
+                        zones,
+                        e.reason
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

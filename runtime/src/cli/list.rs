@@ -1,0 +1,83 @@
+//! `tierkeep list [--zone Z] [--json]`
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+use tierkeep::domain::{Zone, format_size, rfc3339};
+
+use super::{Global, print_json};
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this zone: black-box, deletion or reserved.
+    #[arg(long)]
+    pub zone: Option<Zone>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    zone: Zone,
+    kind: String,
+    created_at: String,
+    size_bytes: u64,
+    sha256: String,
+    label: Option<String>,
+    host_id: String,
+    logical_bytes: u64,
+    entries: u64,
+}
+
+pub async fn run(g: &Global, a: ListArgs) -> Result<ExitCode> {
+    let tk = g.open(false)?;
+    let records = tk.catalog()?.list(a.zone)?;
+    if a.json {
+        let rows: Vec<Row> = records
+            .into_iter()
+            .map(|r| Row {
+                id: r.id.to_string(),
+                zone: r.zone,
+                kind: r.kind.to_string(),
+                created_at: rfc3339(r.created_at),
+                size_bytes: r.size_bytes,
+                sha256: r.sha256,
+                label: r.label,
+                host_id: r.host_id,
+                logical_bytes: r.logical_bytes,
+                entries: r.entries,
+            })
+            .collect();
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if records.is_empty() {
+        println!(
+            "no backups{}",
+            a.zone
+                .map(|z| format!(" in the {z} zone"))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<34} {:<9} {:<9} {:<20} {:>10}  LABEL",
+        "ID", "ZONE", "KIND", "CREATED", "SIZE"
+    );
+    for r in records {
+        println!(
+            "{:<34} {:<9} {:<9} {:<20} {:>10}  {}",
+            r.id.as_str(),
+            r.zone.as_str(),
+            r.kind.as_str(),
+            rfc3339(r.created_at).chars().take(19).collect::<String>(),
+            format_size(r.size_bytes),
+            r.label.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,209 @@
+//! Command-line interface: one module per subcommand, global options flattened.
+//! Exit status: 0 success, 1 failure, 2 bad usage or configuration, 3 refused.
+
+mod backup;
+mod catalog;
+mod config;
+mod delete;
+mod export;
+mod list;
+mod restore;
+mod status;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tierkeep::config::{ConfigError, Loaded, Sources};
+use tierkeep::ops::{OpsError, Tierkeep};
+
+/// Full, independently restorable backups kept in a black box, a deletion zone and a
+/// reserved zone.
+#[derive(Debug, Parser)]
+#[command(name = "tierkeep", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file (default: ./tierkeep.toml if present).
+    #[arg(long, global = true, env = "TIERKEEP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override data_dir (catalog, staging, and the default zones).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Override host_id.
+    #[arg(long, global = true, value_name = "ID")]
+    pub host_id: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// More logging (-v info, -vv debug); TIERKEEP_LOG takes a full filter.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Never draw progress bars.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take a backup now: into the black box, or the reserved zone with --manual.
+    Backup(backup::BackupArgs),
+    /// List backups, newest first.
+    List(list::ListArgs),
+    /// Zones' usage and capacity, next backup, last result, policy.
+    Status(status::StatusArgs),
+    /// Restore a backup (black box in place; other zones are exported first).
+    Restore(restore::RestoreArgs),
+    /// Write a backup's archive to a file, for zstd and tar.
+    Export(export::ExportArgs),
+    /// Re-hash backups and compare them with their manifests.
+    Verify(verify::VerifyArgs),
+    /// Delete a backup (the only way out of the reserved zone).
+    Delete(delete::DeleteArgs),
+    /// Show or check the configuration.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Rebuild or inspect the catalog.
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCommand),
+}
+
+pub fn init_logging(g: &Global) {
+    use tracing_subscriber::EnvFilter;
+    let level = match g.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = std::env::var("TIERKEEP_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(format!("tierkeep={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match g.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+}
+
+impl Global {
+    pub fn sources(&self) -> Sources {
+        let mut flags = Vec::new();
+        if let Some(d) = &self.data_dir {
+            let abs = std::path::absolute(d).unwrap_or_else(|_| d.clone());
+            flags.push(("data_dir".into(), serde_json::json!(abs)));
+        }
+        if let Some(h) = &self.host_id {
+            flags.push(("host_id".into(), serde_json::json!(h)));
+        }
+        Sources {
+            file: self.config.clone(),
+            flags,
+            env: true,
+        }
+    }
+
+    /// Loads the configuration; `deep` also checks sources and zone directories.
+    pub fn load(&self, deep: bool) -> Result<Loaded> {
+        Ok(tierkeep::config::load(&self.sources(), deep)?)
+    }
+
+    /// Loads the configuration and opens the zones.
+    pub fn open(&self, deep: bool) -> Result<Tierkeep> {
+        let loaded = self.load(deep)?;
+        Ok(Tierkeep::new(loaded.settings)?)
+    }
+
+    pub fn progress(&self, json: bool) -> tierkeep::progress::Progress {
+        tierkeep::progress::Progress::terminal(!json && !self.no_progress)
+    }
+}
+
+/// The exit status of an error: configuration → 2, refusals → 3, else 1.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return 2;
+        }
+        if let Some(e) = cause.downcast_ref::<OpsError>() {
+            return e.exit_code();
+        }
+        if let Some(e) = cause.downcast_ref::<UsageError>() {
+            let _ = e;
+            return 2;
+        }
+    }
+    1
+}
+
+/// A usage mistake the parser cannot catch.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs a command and turns its result into an exit status.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Backup(a) => backup::run(g, a).await,
+        Command::List(a) => list::run(g, a).await,
+        Command::Status(a) => status::run(g, a).await,
+        Command::Restore(a) => restore::run(g, a).await,
+        Command::Export(a) => export::run(g, a).await,
+        Command::Verify(a) => verify::run(g, a).await,
+        Command::Delete(a) => delete::run(g, a).await,
+        Command::Config(c) => config::run(g, c).await,
+        Command::Catalog(c) => catalog::run(g, c).await,
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}

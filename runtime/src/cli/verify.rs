@@ -1,0 +1,47 @@
+//! `tierkeep verify [ID] [--all] [--deep]`
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{Global, print_json};
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id (or a unique prefix); without it, every backup.
+    #[arg(conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Every backup in every zone (the default without ID).
+    #[arg(long)]
+    pub all: bool,
+    /// Also decompress and parse every entry, proving the archive restores.
+    #[arg(long)]
+    pub deep: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(g: &Global, a: VerifyArgs) -> Result<ExitCode> {
+    let tk = g.open(false)?;
+    let progress = g.progress(a.json);
+    let results = tk.verify(a.id.as_deref(), a.deep, &progress).await?;
+    let failed = results.iter().filter(|r| !r.ok).count();
+    if a.json {
+        print_json(&results)?;
+    } else {
+        for r in &results {
+            match &r.error {
+                None => println!("ok      {} ({})", r.id, r.zone),
+                Some(e) => println!("FAILED  {} ({}): {e}", r.id, r.zone),
+            }
+        }
+        println!("{} verified, {} failed", results.len() - failed, failed);
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

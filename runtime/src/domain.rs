@@ -1,0 +1,602 @@
+//! The pure domain core: zones, backup identities, capacities and the rules that decide
+//! whether a backup may enter a zone. Nothing here does I/O or reads the clock; callers
+//! pass `now` and the current state in and get a decision back.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The three storage zones of the patent's method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Zone {
+    /// Local SSD directory holding the newest scheduled backups.
+    BlackBox,
+    /// HDD-backed store that backups age into and are evicted from.
+    Deletion,
+    /// Store for manual backups, never touched by automatic work.
+    Reserved,
+}
+
+impl Zone {
+    /// Every zone, in lifecycle order.
+    pub const ALL: [Zone; 3] = [Zone::BlackBox, Zone::Deletion, Zone::Reserved];
+
+    /// The name used on the command line, in `--json` output and in the catalog.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Zone::BlackBox => "black-box",
+            Zone::Deletion => "deletion",
+            Zone::Reserved => "reserved",
+        }
+    }
+
+    /// Whether restoring from this zone reads the archive in place (the black box) or
+    /// exports it to a staging area first (every other zone).
+    pub fn restores_in_place(self) -> bool {
+        matches!(self, Zone::BlackBox)
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown zone name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown zone `{0}`: expected black-box, deletion or reserved")]
+pub struct UnknownZone(String);
+
+impl FromStr for Zone {
+    type Err = UnknownZone;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "black-box" | "black_box" | "blackbox" => Ok(Zone::BlackBox),
+            "deletion" => Ok(Zone::Deletion),
+            "reserved" => Ok(Zone::Reserved),
+            other => Err(UnknownZone(other.to_owned())),
+        }
+    }
+}
+
+/// Whether a backup was taken by the schedule or by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupKind {
+    /// Taken by the schedule; starts in the black box.
+    Scheduled,
+    /// Taken by an operator with `backup --manual`; lives in the reserved zone.
+    Manual,
+}
+
+impl BackupKind {
+    /// The name used in manifests, the catalog and `--json` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Scheduled => "scheduled",
+            BackupKind::Manual => "manual",
+        }
+    }
+
+    /// The zone a new backup of this kind is written to.
+    pub fn home_zone(self) -> Zone {
+        match self {
+            BackupKind::Scheduled => Zone::BlackBox,
+            BackupKind::Manual => Zone::Reserved,
+        }
+    }
+}
+
+impl fmt::Display for BackupKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackupKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "scheduled" => Ok(BackupKind::Scheduled),
+            "manual" => Ok(BackupKind::Manual),
+            other => Err(format!("unknown backup kind `{other}`")),
+        }
+    }
+}
+
+/// A backup id: `YYYYMMDDTHHMMSS.mmmZ-<12 hex>`. Ids sort by creation time (UTC,
+/// millisecond resolution) and the random suffix keeps them unique across hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackupId(String);
+
+/// A string that is not a backup id.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a backup id (expected e.g. 20261125T135337.123Z-a1b2c3d4e5f6)")]
+pub struct InvalidBackupId(String);
+
+impl BackupId {
+    /// Builds the id of a backup created at `at`, with 48 random bits.
+    pub fn new(at: OffsetDateTime, random: u64) -> Self {
+        let at = at.to_offset(time::UtcOffset::UTC);
+        BackupId(format!(
+            "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z-{:012x}",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second(),
+            at.millisecond(),
+            random & 0xffff_ffff_ffff
+        ))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = InvalidBackupId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b = s.as_bytes();
+        let ok = b.len() == 33
+            && b[..8].iter().all(u8::is_ascii_digit)
+            && b[8] == b'T'
+            && b[9..15].iter().all(u8::is_ascii_digit)
+            && b[15] == b'.'
+            && b[16..19].iter().all(u8::is_ascii_digit)
+            && b[19] == b'Z'
+            && b[20] == b'-'
+            && b[21..]
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+        if ok {
+            Ok(BackupId(s.to_owned()))
+        } else {
+            Err(InvalidBackupId(s.to_owned()))
+        }
+    }
+}
+
+impl TryFrom<String> for BackupId {
+    type Error = InvalidBackupId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<BackupId> for String {
+    fn from(id: BackupId) -> String {
+        id.0
+    }
+}
+
+/// A host id: the first path segment of every backup inside a zone.
+pub fn validate_host_id(host: &str) -> Result<(), String> {
+    if host.is_empty() || host.len() > 128 {
+        return Err("must be 1 to 128 characters long".into());
+    }
+    if host.starts_with('.') {
+        return Err("must not start with a dot".into());
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err("may only contain ASCII letters, digits, `-`, `_` and `.`".into());
+    }
+    Ok(())
+}
+
+/// How much a zone may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// The maximum number of backups.
+    pub max_backups: u64,
+    /// The maximum total archive bytes, where set.
+    pub max_bytes: Option<u64>,
+}
+
+/// How much a zone holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Backups present.
+    pub backups: u64,
+    /// Sum of their archive sizes.
+    pub bytes: u64,
+}
+
+/// Why a zone cannot take one more backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fullness {
+    /// The count limit is reached.
+    Count {
+        /// Backups present.
+        used: u64,
+        /// Configured maximum.
+        max: u64,
+    },
+    /// The byte limit is reached (or would be exceeded by the expected size).
+    Bytes {
+        /// Bytes present.
+        used: u64,
+        /// Configured maximum.
+        max: u64,
+    },
+}
+
+impl fmt::Display for Fullness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fullness::Count { used, max } => write!(f, "it holds {used} of {max} backups"),
+            Fullness::Bytes { used, max } => write!(
+                f,
+                "it holds {} of its {} byte limit",
+                format_size(*used),
+                format_size(*max)
+            ),
+        }
+    }
+}
+
+impl Capacity {
+    /// Decides whether one more backup fits. `expected_bytes` is a lower bound of the new
+    /// archive's size when known (0 when not).
+    pub fn admits(&self, usage: Usage, expected_bytes: u64) -> Result<(), Fullness> {
+        if usage.backups >= self.max_backups {
+            return Err(Fullness::Count {
+                used: usage.backups,
+                max: self.max_backups,
+            });
+        }
+        if let Some(max) = self.max_bytes
+            && (usage.bytes >= max || usage.bytes.saturating_add(expected_bytes) > max)
+        {
+            return Err(Fullness::Bytes {
+                used: usage.bytes,
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The admission decision for a new backup of `kind`, made before any data is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Write the backup into `zone`.
+    Admit {
+        /// The zone the backup goes to.
+        zone: Zone,
+    },
+    /// Refuse: the zone is full, and nothing may be removed to make room.
+    Refuse {
+        /// The full zone.
+        zone: Zone,
+        /// How full it is.
+        fullness: Fullness,
+        /// What the operator can do.
+        advice: &'static str,
+    },
+}
+
+/// Decides where a new backup goes and whether it is admitted. The reserved zone is never
+/// made room in automatically; the black box is not either until aging exists (it will
+/// age its oldest backup early instead of refusing).
+pub fn admit_new_backup(kind: BackupKind, capacity: Capacity, usage: Usage) -> Admission {
+    let zone = kind.home_zone();
+    match capacity.admits(usage, 0) {
+        Ok(()) => Admission::Admit { zone },
+        Err(fullness) => Admission::Refuse {
+            zone,
+            fullness,
+            advice: match kind {
+                BackupKind::Manual => {
+                    "manual backups are never deleted automatically: remove one you no longer \
+                     need with `tierkeep delete ID --yes` (see `tierkeep list --zone reserved`), \
+                     or raise zones.reserved.max_backups / max_bytes"
+                }
+                BackupKind::Scheduled => {
+                    "the black box is full and this build cannot age backups out of it yet: \
+                     remove one with `tierkeep delete ID --yes` (see `tierkeep list --zone \
+                     black-box`), or raise zones.black_box.max_backups (at most 10)"
+                }
+            },
+        },
+    }
+}
+
+/// The schedule handed to every policy: T1 and T2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// T1: time between scheduled backups.
+    pub interval: Duration,
+    /// T2: time a backup stays in the black box before it ages.
+    pub aging: Duration,
+}
+
+/// When the next scheduled backup is due, given the last scheduled backup's time.
+pub fn next_scheduled(
+    schedule: &Schedule,
+    last: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> OffsetDateTime {
+    match last {
+        Some(last) => {
+            let due = last + schedule.interval;
+            if due < now { now } else { due }
+        }
+        None => now,
+    }
+}
+
+/// Parses a human duration: `90s`, `15m`, `4h`, `2d`, `1w`, or a sum such as `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "`{text}` is not a duration: expected e.g. 90s, 15m, 4h, 2d or 1h30m"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("`{text}`: number too large"))?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest.bytes().take_while(|c| c.is_ascii_alphabetic()).count();
+        let unit = &rest[..unit_len];
+        let secs = match unit {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86_400,
+            "w" | "week" | "weeks" => 604_800,
+            "" => {
+                return Err(format!(
+                    "`{text}` has no unit: write e.g. {n}s, {n}m or {n}h"
+                ));
+            }
+            other => return Err(format!("`{text}`: unknown unit `{other}`")),
+        };
+        total = n
+            .checked_mul(secs)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("`{text}` is too long"))?;
+        rest = rest[unit_len..].trim_start();
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    let mut s = d.as_secs();
+    if s == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if s >= len {
+            out.push_str(&format!("{}{unit}", s / len));
+            s %= len;
+        }
+    }
+    out
+}
+
+/// Parses a human size: `512`, `10KB`, `500GiB`, `1.5TiB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let num_len = t
+        .bytes()
+        .take_while(|c| c.is_ascii_digit() || *c == b'.')
+        .count();
+    if num_len == 0 {
+        return Err(format!(
+            "`{text}` is not a size: expected e.g. 500GiB or 10GB"
+        ));
+    }
+    let num: f64 = t[..num_len]
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: bad number"))?;
+    let unit = t[num_len..].trim();
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("`{text}`: unknown size unit `{unit}`")),
+    };
+    let v = num * mult;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(v.round() as u64)
+}
+
+/// Formats a byte count with binary units (`1.5 GiB`).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Formats a time as RFC 3339 in UTC.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use time::macros::datetime;
+
+    #[test]
+    fn ids_sort_by_time_and_parse_back() {
+        let a = BackupId::new(datetime!(2026-11-25 13:53:37.123 UTC), 0xabc);
+        let b = BackupId::new(datetime!(2026-11-25 13:53:37.124 UTC), 0x1);
+        assert!(a < b);
+        assert_eq!(a.as_str(), "20261125T135337.123Z-000000000abc");
+        assert_eq!(a.as_str().parse::<BackupId>().unwrap(), a);
+        assert!("../etc".parse::<BackupId>().is_err());
+        assert!(
+            "20261125T135337.123Z-00000000ABCD"
+                .parse::<BackupId>()
+                .is_err()
+        );
+    }
+
+    #[rstest]
+    #[case("90s", 90)]
+    #[case("15m", 900)]
+    #[case("4h", 14_400)]
+    #[case("1h30m", 5_400)]
+    #[case("2d", 172_800)]
+    #[case(" 1 w ", 604_800)]
+    fn durations_parse(#[case] text: &str, #[case] secs: u64) {
+        assert_eq!(parse_duration(text).unwrap(), Duration::from_secs(secs));
+        assert_eq!(
+            parse_duration(&format_duration(Duration::from_secs(secs))).unwrap(),
+            Duration::from_secs(secs)
+        );
+    }
+
+    #[rstest]
+    #[case("")]
+    #[case("10")]
+    #[case("h")]
+    #[case("3 fortnights")]
+    fn bad_durations_explain(#[case] text: &str) {
+        assert!(parse_duration(text).is_err());
+    }
+
+    #[rstest]
+    #[case("512", 512)]
+    #[case("10KB", 10_000)]
+    #[case("500GiB", 500 * 1024 * 1024 * 1024)]
+    #[case("1.5 KiB", 1536)]
+    fn sizes_parse(#[case] text: &str, #[case] bytes: u64) {
+        assert_eq!(parse_size(text).unwrap(), bytes);
+    }
+
+    #[test]
+    fn full_reserved_zone_refuses_with_advice() {
+        let cap = Capacity {
+            max_backups: 2,
+            max_bytes: None,
+        };
+        let full = Usage {
+            backups: 2,
+            bytes: 10,
+        };
+        match admit_new_backup(BackupKind::Manual, cap, full) {
+            Admission::Refuse { zone, fullness, .. } => {
+                assert_eq!(zone, Zone::Reserved);
+                assert_eq!(fullness, Fullness::Count { used: 2, max: 2 });
+            }
+            other => panic!("expected refusal, got {other:?}"),
+        }
+        let room = Usage {
+            backups: 1,
+            bytes: 10,
+        };
+        assert_eq!(
+            admit_new_backup(BackupKind::Scheduled, cap, room),
+            Admission::Admit {
+                zone: Zone::BlackBox
+            }
+        );
+    }
+
+    #[test]
+    fn byte_limit_counts() {
+        let cap = Capacity {
+            max_backups: 10,
+            max_bytes: Some(100),
+        };
+        assert!(
+            cap.admits(
+                Usage {
+                    backups: 1,
+                    bytes: 100
+                },
+                0
+            )
+            .is_err()
+        );
+        assert!(
+            cap.admits(
+                Usage {
+                    backups: 1,
+                    bytes: 50
+                },
+                60
+            )
+            .is_err()
+        );
+        assert!(
+            cap.admits(
+                Usage {
+                    backups: 1,
+                    bytes: 50
+                },
+                10
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn next_backup_is_interval_after_last() {
+        let s = Schedule {
+            interval: Duration::from_secs(3600),
+            aging: Duration::from_secs(7200),
+        };
+        let now = datetime!(2026-11-25 12:00 UTC);
+        assert_eq!(next_scheduled(&s, None, now), now);
+        assert_eq!(
+            next_scheduled(&s, Some(datetime!(2026-11-25 11:30 UTC)), now),
+            datetime!(2026-11-25 12:30 UTC)
+        );
+        assert_eq!(
+            next_scheduled(&s, Some(datetime!(2026-11-25 09:00 UTC)), now),
+            now
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! tierkeep: full, independently restorable backups of a host's business data, kept in
+//! three zones — a local SSD **black box** for the newest backups, a **deletion zone**
+//! they age into and are evicted from, and a **reserved zone** for manual backups that
+//! are never deleted automatically.
+//!
+//! The crate is layered: [`domain`] is the pure core (zones, ids, capacities, admission
+//! rules; the clock is passed in); [`archive`] writes and reads the tar + zstd archives;
+//! [`store`] keeps them in zones behind one async trait; [`catalog`] records every backup
+//! and its history; [`config`] loads and validates configuration; [`ops`] runs the
+//! operations the CLI offers.
+//!
+//! ```
+//! use tierkeep::domain::{admit_new_backup, Admission, BackupKind, Capacity, Usage, Zone};
+//!
+//! let reserved = Capacity { max_backups: 2, max_bytes: None };
+//! let full = Usage { backups: 2, bytes: 4096 };
+//! match admit_new_backup(BackupKind::Manual, reserved, full) {
+//!     Admission::Refuse { zone, .. } => assert_eq!(zone, Zone::Reserved),
+//!     Admission::Admit { .. } => unreachable!("a full reserved zone never takes more"),
+//! }
+//! ```
+
+pub mod archive;
+pub mod catalog;
+pub mod config;
+pub mod domain;
+pub mod ops;
+pub mod progress;
+pub mod store;

@@ -1,0 +1,798 @@
+//! The operations the CLI (and later the daemon) run: backup, restore, export, verify,
+//! delete, status and catalog rebuild. Each takes `now` from its caller; the decisions
+//! come from [`crate::domain`], the I/O from the archive, store and catalog modules.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::archive::read::{
+    ExtractOptions, ExtractSummary, check_archive, extract, running_as_root,
+};
+use crate::archive::write::{WriteOptions, estimate, write_archive};
+use crate::archive::{ArchiveError, MANIFEST_FORMAT, Manifest, hash_file};
+use crate::catalog::{Catalog, CatalogError, ReconcileReport, Record, State};
+use crate::config::Settings;
+use crate::domain::{
+    Admission, BackupId, BackupKind, Capacity, Usage, Zone, admit_new_backup, format_size,
+    next_scheduled,
+};
+use crate::progress::Progress;
+use crate::store::{self, BackupKey, StoreError, ZoneStore};
+
+/// Errors of operations, each mapped to an exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// Catalog trouble.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// Zone store trouble.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Archive trouble.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// A zone is full; nothing was written.
+    #[error("refused: the {zone} zone is full ({fullness}); nothing was written. {advice}")]
+    ZoneFull {
+        /// The zone.
+        zone: Zone,
+        /// How full, in words.
+        fullness: String,
+        /// What to do.
+        advice: String,
+    },
+    /// No backup has that id.
+    #[error(
+        "no backup {0} in the catalog; see `tierkeep list` (or `tierkeep catalog rebuild` after restoring a host)"
+    )]
+    NotFound(String),
+    /// A prefix matched several backups.
+    #[error("`{0}` matches several backups: {1}; give more of the id")]
+    Ambiguous(String, String),
+    /// Bad request (relative --path, existing export file).
+    #[error("{0}")]
+    Usage(String),
+    /// Something in the local filesystem failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A background task died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl OpsError {
+    /// The process exit status for this error (design.md: 1 failure, 2 usage, 3 refused).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OpsError::ZoneFull { .. } | OpsError::NotFound(_) => 3,
+            OpsError::Archive(ArchiveError::TargetNotEmpty(_)) => 3,
+            OpsError::Archive(ArchiveError::PathNotInBackup(_)) => 3,
+            OpsError::Ambiguous(..) | OpsError::Usage(_) => 2,
+            OpsError::Store(StoreError::Unsupported(_)) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OpsError + 'a {
+    move |source| OpsError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a backup produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupOutcome {
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// Zone it went to.
+    pub zone: Zone,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreOutcome {
+    /// The backup.
+    pub id: String,
+    /// The zone it came from.
+    pub zone: Zone,
+    /// Whether it was exported to staging first.
+    pub exported_first: bool,
+    /// Entries restored.
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// Skipped entries.
+    pub warnings: Vec<String>,
+    /// Target.
+    pub target: PathBuf,
+}
+
+/// The verification of one backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyResult {
+    /// The backup.
+    pub id: String,
+    /// Its zone.
+    pub zone: Zone,
+    /// Whether it matches.
+    pub ok: bool,
+    /// Details when not.
+    pub error: Option<String>,
+}
+
+/// A zone's state for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ZoneStatus {
+    /// Zone.
+    pub zone: Zone,
+    /// URL.
+    pub url: String,
+    /// Backups present.
+    pub backups: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Capacity in backups.
+    pub max_backups: u64,
+    /// Capacity in bytes.
+    pub max_bytes: Option<u64>,
+    /// Newest backup in the zone.
+    pub newest: Option<String>,
+}
+
+/// The answer of `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Host id.
+    pub host_id: String,
+    /// Zones.
+    pub zones: Vec<ZoneStatus>,
+    /// When the next scheduled backup is due.
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_backup: OffsetDateTime,
+    /// The last backup attempt's outcome.
+    pub last_result: Option<crate::catalog::Event>,
+    /// The policy in force.
+    pub policy: String,
+    /// The catalog file.
+    pub catalog: PathBuf,
+}
+
+/// An exclusive lock on a host's backup work, held while it lives.
+#[derive(Debug)]
+pub struct HostLock {
+    _file: File,
+}
+
+/// The runtime for one host's configuration.
+#[derive(Debug)]
+pub struct Tierkeep {
+    /// Effective settings.
+    pub settings: Settings,
+    stores: [Arc<dyn ZoneStore>; 3],
+}
+
+impl Tierkeep {
+    /// Opens the zones of `settings`.
+    pub fn new(settings: Settings) -> Result<Self, OpsError> {
+        let stores = [
+            store::open(&settings.zone(Zone::BlackBox).url)?,
+            store::open(&settings.zone(Zone::Deletion).url)?,
+            store::open(&settings.zone(Zone::Reserved).url)?,
+        ];
+        Ok(Tierkeep { settings, stores })
+    }
+
+    /// The store of a zone.
+    pub fn store(&self, zone: Zone) -> &Arc<dyn ZoneStore> {
+        &self.stores[match zone {
+            Zone::BlackBox => 0,
+            Zone::Deletion => 1,
+            Zone::Reserved => 2,
+        }]
+    }
+
+    /// Opens the catalog.
+    pub fn catalog(&self) -> Result<Catalog, OpsError> {
+        Ok(Catalog::open(&self.settings.catalog_path())?)
+    }
+
+    fn staging(&self) -> Result<PathBuf, OpsError> {
+        let dir = self.settings.data_dir.join("staging");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        Ok(dir)
+    }
+
+    /// Takes the host's work lock, waiting for another backup of this host to finish.
+    pub async fn lock(&self) -> Result<HostLock, OpsError> {
+        let dir = self.settings.data_dir.join("locks");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let path = dir.join(format!("{}.lock", self.settings.host_id));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(HostLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => {
+                tracing::info!(lock = %path.display(), "another tierkeep process is working on this host; waiting");
+                let path2 = path.clone();
+                tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+                    .await
+                    .map_err(|e| OpsError::Internal(e.to_string()))?
+                    .map(|file| HostLock { _file: file })
+                    .map_err(io_err("lock", &path2))
+            }
+            Err(fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
+        }
+    }
+
+    /// Resolves an id or unique prefix to a present backup.
+    pub fn resolve(&self, catalog: &Catalog, text: &str) -> Result<Record, OpsError> {
+        if let Ok(id) = text.parse::<BackupId>() {
+            if let Some(r) = catalog.get(&id)?
+                && r.state == State::Present
+            {
+                return Ok(r);
+            }
+            return Err(OpsError::NotFound(text.to_owned()));
+        }
+        if text.len() < 4 {
+            return Err(OpsError::NotFound(text.to_owned()));
+        }
+        let mut found = catalog.find(text)?;
+        match found.len() {
+            0 => Err(OpsError::NotFound(text.to_owned())),
+            1 => Ok(found.remove(0)),
+            _ => Err(OpsError::Ambiguous(
+                text.to_owned(),
+                found
+                    .iter()
+                    .take(5)
+                    .map(|r| r.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    fn key(&self, rec: &Record) -> BackupKey {
+        BackupKey {
+            host: rec.host_id.clone(),
+            id: rec.id.clone(),
+        }
+    }
+
+    /// Takes a backup now: scheduled into the black box, manual into the reserved zone.
+    /// A full zone refuses before any data is written.
+    pub async fn backup(
+        &self,
+        kind: BackupKind,
+        label: Option<String>,
+        now: OffsetDateTime,
+        progress: &Progress,
+    ) -> Result<BackupOutcome, OpsError> {
+        let started = std::time::Instant::now();
+        let _lock = self.lock().await?;
+        let mut catalog = self.catalog()?;
+        let zone = kind.home_zone();
+        let zs = self.settings.zone(zone);
+        let usage = catalog.usage(zone)?;
+        if let Admission::Refuse {
+            zone,
+            fullness,
+            advice,
+        } = admit_new_backup(kind, zs.capacity, usage)
+        {
+            let err = OpsError::ZoneFull {
+                zone,
+                fullness: fullness.to_string(),
+                advice: advice.to_owned(),
+            };
+            catalog.note(now, "refused", Some(zone), &err.to_string())?;
+            return Err(err);
+        }
+        let store = self.store(zone).clone();
+        store.check().await?;
+
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| OpsError::Internal(e.to_string()))?;
+        let id = BackupId::new(now, u64::from_le_bytes(random));
+        let key = BackupKey {
+            host: self.settings.host_id.clone(),
+            id: id.clone(),
+        };
+        let staging_dir = match store.staging_dir() {
+            Some(d) => {
+                fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+                d
+            }
+            None => self.staging()?,
+        };
+        let staged = staging_dir.join(format!("{id}.tar.zst.partial"));
+        let result = self
+            .write_and_commit(kind, label, now, &key, &staged, store.as_ref(), progress)
+            .await;
+        progress.finish();
+        match result {
+            Ok(manifest) => {
+                catalog.insert_created(&manifest, zone, now, &format!("{kind} backup"))?;
+                tracing::info!(id = %manifest.id, zone = %zone, bytes = manifest.archive_bytes, "backup created");
+                Ok(BackupOutcome {
+                    manifest,
+                    zone,
+                    seconds: started.elapsed().as_secs_f64(),
+                })
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&staged);
+                if let Err(clean) = store.remove_incomplete(&key).await
+                    && !matches!(clean, StoreError::NotFound { .. })
+                {
+                    tracing::warn!("could not remove the incomplete backup {key}: {clean}");
+                }
+                catalog.note(now, "failed", Some(zone), &e.to_string())?;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_and_commit(
+        &self,
+        kind: BackupKind,
+        label: Option<String>,
+        now: OffsetDateTime,
+        key: &BackupKey,
+        staged: &Path,
+        store: &dyn ZoneStore,
+        progress: &Progress,
+    ) -> Result<Manifest, OpsError> {
+        let mut skip = vec![self.settings.data_dir.clone()];
+        for z in &self.settings.zones {
+            if let Some(p) = z.url.strip_prefix("file://") {
+                skip.push(PathBuf::from(p));
+            }
+        }
+        let opts = WriteOptions {
+            sources: self.settings.sources.clone(),
+            exclude: self.settings.exclude.clone(),
+            skip_paths: skip,
+            level: self.settings.compression_level,
+            threads: self.settings.threads,
+        };
+        let out = staged.to_path_buf();
+        let bar = progress.clone();
+        let summary = tokio::task::spawn_blocking(move || {
+            if bar.is_visible() {
+                let (bytes, _) = estimate(&opts);
+                bar.phase("backup", bytes);
+            }
+            let mut cb = |n| bar.inc(n);
+            write_archive(&opts, &out, &mut cb)
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))??;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            id: key.id.clone(),
+            host_id: key.host.clone(),
+            kind,
+            label,
+            created_at: now,
+            source: self
+                .settings
+                .sources
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            entries: summary.entries,
+            logical_bytes: summary.logical_bytes,
+            archive_bytes: summary.archive_bytes,
+            archive_sha256: summary.archive_sha256,
+            compression: "zstd".into(),
+            tool_version: format!("tierkeep {}", env!("CARGO_PKG_VERSION")),
+            policy: format!("{} (built-in)", self.settings.policy),
+            warnings: summary.warnings,
+        };
+        progress.phase("store", manifest.archive_bytes);
+        store.put_archive(key, staged, progress.callback()).await?;
+        store.put_manifest(&manifest).await?;
+        Ok(manifest)
+    }
+
+    /// Brings the archive of `rec` to a local file: in place for the black box, else
+    /// exported into staging and verified. Returns (path, exported?).
+    async fn local_copy(
+        &self,
+        rec: &Record,
+        progress: &Progress,
+    ) -> Result<(PathBuf, bool), OpsError> {
+        let store = self.store(rec.zone);
+        let key = self.key(rec);
+        if rec.zone.restores_in_place()
+            && let Some(p) = store.local_archive(&key)
+        {
+            if !p.is_file() {
+                return Err(OpsError::Store(StoreError::NotFound {
+                    zone: store.url().to_owned(),
+                    key,
+                }));
+            }
+            return Ok((p, false));
+        }
+        let dest = self.staging()?.join(format!("{}.export.tar.zst", rec.id));
+        let _ = fs::remove_file(&dest);
+        progress.phase("export", rec.size_bytes);
+        store
+            .fetch_archive(&key, &dest, progress.callback())
+            .await?;
+        let expected = (rec.size_bytes, rec.sha256.clone());
+        let check = dest.clone();
+        let bar = progress.clone();
+        bar.phase("verify", rec.size_bytes);
+        let actual = tokio::task::spawn_blocking(move || {
+            let mut cb = |n| bar.inc(n);
+            hash_file(&check, &mut cb)
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))??;
+        if actual.0 != expected.0 || !actual.1.eq_ignore_ascii_case(&expected.1) {
+            let _ = fs::remove_file(&dest);
+            return Err(ArchiveError::Mismatch {
+                expected_bytes: expected.0,
+                expected_sha256: expected.1,
+                actual_bytes: actual.0,
+                actual_sha256: actual.1,
+            }
+            .into());
+        }
+        Ok((dest, true))
+    }
+
+    /// Restores backup `id` into `target` (or only `only`, an original absolute path).
+    pub async fn restore(
+        &self,
+        id: &str,
+        target: &Path,
+        force: bool,
+        only: Option<&Path>,
+        progress: &Progress,
+    ) -> Result<RestoreOutcome, OpsError> {
+        let rec = {
+            let catalog = self.catalog()?;
+            self.resolve(&catalog, id)?
+        };
+        let only = match only {
+            Some(p) if !p.is_absolute() => {
+                return Err(OpsError::Usage(format!(
+                    "--path {}: give the original absolute path, e.g. /srv/app/config",
+                    p.display()
+                )));
+            }
+            Some(p) => Some(PathBuf::from(
+                p.to_string_lossy().trim_start_matches('/').to_owned(),
+            )),
+            None => None,
+        };
+        let (archive, exported) = self.local_copy(&rec, progress).await?;
+        let opts = ExtractOptions {
+            target: target.to_path_buf(),
+            force,
+            only: only.clone(),
+            expected: Some((rec.size_bytes, rec.sha256.clone())),
+            owners: running_as_root(),
+        };
+        let bar = progress.clone();
+        bar.phase("restore", rec.size_bytes);
+        let src = archive.clone();
+        let result: Result<ExtractSummary, ArchiveError> = tokio::task::spawn_blocking(move || {
+            let mut cb = |n| bar.inc(n);
+            extract(&src, &opts, &mut cb)
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))?;
+        progress.finish();
+        if exported {
+            let _ = fs::remove_file(&archive);
+        }
+        let summary = result?;
+        tracing::info!(id = %rec.id, target = %target.display(), entries = summary.entries, "restored");
+        Ok(RestoreOutcome {
+            id: rec.id.to_string(),
+            zone: rec.zone,
+            exported_first: exported,
+            entries: summary.entries,
+            bytes: summary.bytes,
+            warnings: summary.warnings,
+            target: target.to_path_buf(),
+        })
+    }
+
+    /// Writes the archive of `id` to `to`, verified, for standard tools.
+    pub async fn export(
+        &self,
+        id: &str,
+        to: &Path,
+        force: bool,
+        progress: &Progress,
+    ) -> Result<Record, OpsError> {
+        let rec = {
+            let catalog = self.catalog()?;
+            self.resolve(&catalog, id)?
+        };
+        if to.exists() && !force {
+            return Err(OpsError::Usage(format!(
+                "{} exists: choose another file or pass --force to replace it",
+                to.display()
+            )));
+        }
+        let partial = PathBuf::from(format!("{}.partial", to.display()));
+        let store = self.store(rec.zone).clone();
+        let key = self.key(&rec);
+        progress.phase("export", rec.size_bytes);
+        store
+            .fetch_archive(&key, &partial, progress.callback())
+            .await?;
+        let bar = progress.clone();
+        bar.phase("verify", rec.size_bytes);
+        let check = partial.clone();
+        let actual = tokio::task::spawn_blocking(move || {
+            let mut cb = |n| bar.inc(n);
+            hash_file(&check, &mut cb)
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))??;
+        progress.finish();
+        if actual.0 != rec.size_bytes || !actual.1.eq_ignore_ascii_case(&rec.sha256) {
+            let _ = fs::remove_file(&partial);
+            return Err(ArchiveError::Mismatch {
+                expected_bytes: rec.size_bytes,
+                expected_sha256: rec.sha256.clone(),
+                actual_bytes: actual.0,
+                actual_sha256: actual.1,
+            }
+            .into());
+        }
+        fs::rename(&partial, to).map_err(io_err("rename to", to))?;
+        Ok(rec)
+    }
+
+    /// Re-hashes backups and compares them with their manifests (and, with `deep`,
+    /// decompresses and parses every entry).
+    pub async fn verify(
+        &self,
+        id: Option<&str>,
+        deep: bool,
+        progress: &Progress,
+    ) -> Result<Vec<VerifyResult>, OpsError> {
+        let records = {
+            let catalog = self.catalog()?;
+            match id {
+                Some(id) => vec![self.resolve(&catalog, id)?],
+                None => catalog.list(None)?,
+            }
+        };
+        let mut out = Vec::new();
+        for rec in records {
+            let outcome = self.verify_one(&rec, deep, progress).await;
+            if let Err(e) = &outcome {
+                tracing::error!(id = %rec.id, zone = %rec.zone, "verification failed: {e}");
+            }
+            out.push(VerifyResult {
+                id: rec.id.to_string(),
+                zone: rec.zone,
+                ok: outcome.is_ok(),
+                error: outcome.err().map(|e| e.to_string()),
+            });
+        }
+        progress.finish();
+        Ok(out)
+    }
+
+    async fn verify_one(
+        &self,
+        rec: &Record,
+        deep: bool,
+        progress: &Progress,
+    ) -> Result<(), OpsError> {
+        let store = self.store(rec.zone);
+        let key = self.key(rec);
+        let stored = store.read_manifest(&key).await?;
+        if stored != rec.manifest {
+            return Err(OpsError::Usage(format!(
+                "the manifest in zone {} differs from the catalog's copy; run `tierkeep catalog rebuild`",
+                rec.zone
+            )));
+        }
+        let (path, exported) = if let Some(p) = store.local_archive(&key) {
+            (p, false)
+        } else {
+            let dest = self.staging()?.join(format!("{}.verify.tar.zst", rec.id));
+            store
+                .fetch_archive(&key, &dest, progress.callback())
+                .await?;
+            (dest, true)
+        };
+        let expected = (rec.size_bytes, rec.sha256.clone());
+        let bar = progress.clone();
+        bar.phase("verify", rec.size_bytes);
+        let check = path.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
+            let mut cb = |n| bar.inc(n);
+            if deep {
+                check_archive(&check, Some(&expected), &mut cb).map(|_| ())
+            } else {
+                let actual = hash_file(&check, &mut cb)?;
+                if actual.0 != expected.0 || !actual.1.eq_ignore_ascii_case(&expected.1) {
+                    return Err(ArchiveError::Mismatch {
+                        expected_bytes: expected.0,
+                        expected_sha256: expected.1,
+                        actual_bytes: actual.0,
+                        actual_sha256: actual.1,
+                    });
+                }
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))?;
+        if exported {
+            let _ = fs::remove_file(&path);
+        }
+        Ok(result?)
+    }
+
+    /// An operator's explicit delete, from any zone.
+    pub async fn delete(&self, id: &str, now: OffsetDateTime) -> Result<Record, OpsError> {
+        let _lock = self.lock().await?;
+        let mut catalog = self.catalog()?;
+        let rec = self.resolve(&catalog, id)?;
+        let key = self.key(&rec);
+        match self.store(rec.zone).delete(&key).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        catalog.mark_removed(
+            &rec.id,
+            rec.zone,
+            State::Deleted,
+            now,
+            "operator: tierkeep delete",
+        )?;
+        tracing::info!(id = %rec.id, zone = %rec.zone, "backup deleted by operator");
+        Ok(rec)
+    }
+
+    /// Rebuilds the catalog from the zones' manifests, removing incomplete uploads and
+    /// stale staging files (under the host lock, so no backup is under way).
+    pub async fn rebuild_catalog(&self, now: OffsetDateTime) -> Result<RebuildReport, OpsError> {
+        let _lock = self.lock().await?;
+        let mut found = Vec::new();
+        let mut incomplete = Vec::new();
+        let mut unreadable = Vec::new();
+        for zone in Zone::ALL {
+            let store = self.store(zone);
+            for listed in store.list().await? {
+                if listed.key.host != self.settings.host_id {
+                    continue;
+                }
+                match listed.manifest {
+                    Ok(m) => found.push((zone, m)),
+                    Err(reason) if reason.contains("not found") => {
+                        store.remove_incomplete(&listed.key).await?;
+                        incomplete.push(format!("{zone}: {}", listed.key));
+                    }
+                    Err(reason) => unreadable.push(format!("{zone}: {}: {reason}", listed.key)),
+                }
+            }
+            if let Some(staging) = store.staging_dir() {
+                remove_partials(&staging, &mut incomplete);
+            }
+        }
+        remove_partials(&self.settings.data_dir.join("staging"), &mut incomplete);
+        let mut catalog = self.catalog()?;
+        let report = catalog.reconcile(&self.settings.host_id, &found, now)?;
+        for d in &report.duplicates {
+            tracing::warn!(id = %d, "backup found in two zones; the later zone is recorded");
+        }
+        Ok(RebuildReport {
+            backups: found.len(),
+            reconcile: report,
+            removed_incomplete: incomplete,
+            unreadable,
+        })
+    }
+
+    /// Zones, next backup, last result.
+    pub fn status(&self, now: OffsetDateTime) -> Result<Status, OpsError> {
+        let catalog = self.catalog()?;
+        let mut zones = Vec::new();
+        for zone in Zone::ALL {
+            let zs = self.settings.zone(zone);
+            let Usage { backups, bytes } = catalog.usage(zone)?;
+            let Capacity {
+                max_backups,
+                max_bytes,
+            } = zs.capacity;
+            zones.push(ZoneStatus {
+                zone,
+                url: zs.url.clone(),
+                backups,
+                bytes,
+                max_backups,
+                max_bytes,
+                newest: catalog.list(Some(zone))?.first().map(|r| r.id.to_string()),
+            });
+        }
+        let last_scheduled = catalog
+            .list(None)?
+            .into_iter()
+            .filter(|r| r.kind == BackupKind::Scheduled)
+            .map(|r| r.created_at)
+            .max();
+        Ok(Status {
+            host_id: self.settings.host_id.clone(),
+            zones,
+            next_backup: next_scheduled(&self.settings.schedule, last_scheduled, now),
+            last_result: catalog.last_event(&["created", "failed", "refused"])?,
+            policy: format!("{} (built-in)", self.settings.policy),
+            catalog: catalog.path().to_path_buf(),
+        })
+    }
+}
+
+/// What `catalog rebuild` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildReport {
+    /// Committed backups found in the zones.
+    pub backups: usize,
+    /// Catalog changes.
+    #[serde(flatten)]
+    pub reconcile: ReconcileReport,
+    /// Incomplete uploads and staging files removed.
+    pub removed_incomplete: Vec<String>,
+    /// Manifests that could not be read (left alone).
+    pub unreadable: Vec<String>,
+}
+
+fn remove_partials(dir: &Path, removed: &mut Vec<String>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "partial")
+            || p.to_string_lossy().ends_with(".export.tar.zst")
+        {
+            if fs::remove_file(&p).is_ok() {
+                removed.push(format!("staging: {}", p.display()));
+            }
+        }
+    }
+}
+
+/// Formats a zone's usage line: `2/3 backups, 1.2 GiB`.
+pub fn usage_line(z: &ZoneStatus) -> String {
+    let bytes = match z.max_bytes {
+        Some(m) => format!("{} of {}", format_size(z.bytes), format_size(m)),
+        None => format_size(z.bytes),
+    };
+    format!("{}/{} backups, {bytes}", z.backups, z.max_backups)
+}

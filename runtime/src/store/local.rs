@@ -1,0 +1,329 @@
+//! A zone in a local directory. Every write lands under a temporary name, is fsynced and
+//! renamed, and the directory is fsynced, so a crash leaves either the old state or the
+//! new one.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{ARCHIVE_NAME, BackupKey, Listed, MANIFEST_NAME, ProgressFn, StoreError, ZoneStore};
+use crate::archive::Manifest;
+use crate::domain::{BackupId, validate_host_id};
+
+/// Name of the staging directory inside a local zone's root.
+pub const STAGING_DIR: &str = ".staging";
+
+/// A zone kept in a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    url: String,
+    root: PathBuf,
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+impl LocalStore {
+    /// A store rooted at `root`, described by `url` in messages.
+    pub fn new(url: String, root: PathBuf) -> Self {
+        LocalStore { url, root }
+    }
+
+    /// The zone's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, key: &BackupKey) -> PathBuf {
+        self.root.join(&key.host).join(key.id.as_str())
+    }
+
+    fn err(&self, op: &'static str, path: &Path, source: io::Error) -> StoreError {
+        StoreError::Io {
+            zone: self.url.clone(),
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn list_sync(&self) -> Result<Vec<Listed>, StoreError> {
+        let mut out = Vec::new();
+        let hosts = match fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.err("list", &self.root, e)),
+        };
+        for host in hosts {
+            let host = host.map_err(|e| self.err("list", &self.root, e))?;
+            let Some(host_name) = host.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if validate_host_id(&host_name).is_err() || !host.path().is_dir() {
+                continue;
+            }
+            let backups =
+                fs::read_dir(host.path()).map_err(|e| self.err("list", &host.path(), e))?;
+            for b in backups {
+                let b = b.map_err(|e| self.err("list", &host.path(), e))?;
+                let Some(id) = b
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<BackupId>().ok())
+                else {
+                    continue;
+                };
+                let key = BackupKey {
+                    host: host_name.clone(),
+                    id,
+                };
+                let manifest = self.read_manifest_sync(&key).map_err(|e| e.to_string());
+                out.push(Listed { key, manifest });
+            }
+        }
+        out.sort_by(|a, b| a.key.id.cmp(&b.key.id));
+        Ok(out)
+    }
+
+    fn read_manifest_sync(&self, key: &BackupKey) -> Result<Manifest, StoreError> {
+        let path = self.dir(key).join(MANIFEST_NAME);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    zone: self.url.clone(),
+                    key: key.clone(),
+                });
+            }
+            Err(e) => return Err(self.err("read", &path, e)),
+        };
+        let m = Manifest::from_json(&bytes).map_err(|reason| StoreError::BadManifest {
+            zone: self.url.clone(),
+            key: key.clone(),
+            reason,
+        })?;
+        if m.id != key.id || m.host_id != key.host {
+            return Err(StoreError::BadManifest {
+                zone: self.url.clone(),
+                key: key.clone(),
+                reason: format!("it describes {}/{}", m.host_id, m.id),
+            });
+        }
+        Ok(m)
+    }
+
+    fn put_archive_sync(
+        &self,
+        key: &BackupKey,
+        src: &Path,
+        progress: &ProgressFn,
+    ) -> Result<(), StoreError> {
+        let dir = self.dir(key);
+        fs::create_dir_all(&dir).map_err(|e| self.err("create", &dir, e))?;
+        let dest = dir.join(ARCHIVE_NAME);
+        let staged = self.staging_dir_path();
+        if src.parent() == Some(staged.as_path()) {
+            // Written (and fsynced) in our own staging area: a rename moves it in.
+            fs::rename(src, &dest).map_err(|e| self.err("rename", &dest, e))?;
+        } else {
+            let partial = dir.join(format!("{ARCHIVE_NAME}.partial"));
+            copy_synced(src, &partial, progress).map_err(|e| self.err("write", &partial, e))?;
+            fs::rename(&partial, &dest).map_err(|e| self.err("rename", &dest, e))?;
+        }
+        sync_dir(&dir).map_err(|e| self.err("fsync", &dir, e))?;
+        if let Some(host_dir) = dir.parent() {
+            sync_dir(host_dir).map_err(|e| self.err("fsync", host_dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn put_manifest_sync(&self, m: &Manifest) -> Result<(), StoreError> {
+        let key = BackupKey {
+            host: m.host_id.clone(),
+            id: m.id.clone(),
+        };
+        let dir = self.dir(&key);
+        let archive = dir.join(ARCHIVE_NAME);
+        if !archive.is_file() {
+            return Err(self.err(
+                "commit",
+                &archive,
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "archive missing: refusing to commit",
+                ),
+            ));
+        }
+        let partial = dir.join(format!("{MANIFEST_NAME}.partial"));
+        let dest = dir.join(MANIFEST_NAME);
+        {
+            let mut f = File::create(&partial).map_err(|e| self.err("create", &partial, e))?;
+            f.write_all(&m.to_json())
+                .map_err(|e| self.err("write", &partial, e))?;
+            f.sync_all().map_err(|e| self.err("fsync", &partial, e))?;
+        }
+        fs::rename(&partial, &dest).map_err(|e| self.err("rename", &dest, e))?;
+        sync_dir(&dir).map_err(|e| self.err("fsync", &dir, e))?;
+        Ok(())
+    }
+
+    fn delete_sync(&self, key: &BackupKey, require_manifest: bool) -> Result<(), StoreError> {
+        let dir = self.dir(key);
+        if !dir.exists() {
+            return Err(StoreError::NotFound {
+                zone: self.url.clone(),
+                key: key.clone(),
+            });
+        }
+        let manifest = dir.join(MANIFEST_NAME);
+        if require_manifest && !manifest.exists() {
+            return Err(StoreError::NotFound {
+                zone: self.url.clone(),
+                key: key.clone(),
+            });
+        }
+        if manifest.exists() {
+            fs::remove_file(&manifest).map_err(|e| self.err("remove", &manifest, e))?;
+            sync_dir(&dir).map_err(|e| self.err("fsync", &dir, e))?;
+        }
+        fs::remove_dir_all(&dir).map_err(|e| self.err("remove", &dir, e))?;
+        if let Some(host_dir) = dir.parent() {
+            sync_dir(host_dir).map_err(|e| self.err("fsync", host_dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn staging_dir_path(&self) -> PathBuf {
+        self.root.join(STAGING_DIR)
+    }
+}
+
+/// Copies `src` to a new file `dest`, fsyncing it.
+fn copy_synced(src: &Path, dest: &Path, progress: &ProgressFn) -> io::Result<()> {
+    let mut input = File::open(src)?;
+    let mut out = File::create(dest)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        progress(n as u64);
+    }
+    out.sync_all()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unsupported(format!("store task failed: {e}"))))
+}
+
+#[async_trait]
+impl ZoneStore for LocalStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn staging_dir(&self) -> Option<PathBuf> {
+        Some(self.staging_dir_path())
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let this = self.clone();
+        blocking(move || {
+            let staging = this.staging_dir_path();
+            fs::create_dir_all(&staging).map_err(|e| this.err("create", &staging, e))?;
+            let probe = staging.join(format!(".probe-{}", std::process::id()));
+            File::create(&probe)
+                .and_then(|mut f| f.write_all(b"ok"))
+                .map_err(|e| this.err("write to", &this.root, e))?;
+            fs::remove_file(&probe).map_err(|e| this.err("remove", &probe, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let this = self.clone();
+        blocking(move || this.list_sync()).await
+    }
+
+    async fn read_manifest(&self, key: &BackupKey) -> Result<Manifest, StoreError> {
+        let this = self.clone();
+        let key = key.clone();
+        blocking(move || this.read_manifest_sync(&key)).await
+    }
+
+    async fn put_archive(
+        &self,
+        key: &BackupKey,
+        src: &Path,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        let this = self.clone();
+        let key = key.clone();
+        let src = src.to_path_buf();
+        blocking(move || this.put_archive_sync(&key, &src, &progress)).await
+    }
+
+    async fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let this = self.clone();
+        let m = manifest.clone();
+        blocking(move || this.put_manifest_sync(&m)).await
+    }
+
+    fn local_archive(&self, key: &BackupKey) -> Option<PathBuf> {
+        Some(self.dir(key).join(ARCHIVE_NAME))
+    }
+
+    async fn fetch_archive(
+        &self,
+        key: &BackupKey,
+        dest: &Path,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        let this = self.clone();
+        let src = self.dir(key).join(ARCHIVE_NAME);
+        let dest = dest.to_path_buf();
+        let key = key.clone();
+        blocking(move || {
+            if !src.is_file() {
+                return Err(StoreError::NotFound {
+                    zone: this.url.clone(),
+                    key,
+                });
+            }
+            copy_synced(&src, &dest, &progress).map_err(|e| this.err("copy", &src, e))
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &BackupKey) -> Result<(), StoreError> {
+        let this = self.clone();
+        let key = key.clone();
+        blocking(move || this.delete_sync(&key, true)).await
+    }
+
+    async fn remove_incomplete(&self, key: &BackupKey) -> Result<(), StoreError> {
+        let this = self.clone();
+        let key = key.clone();
+        blocking(move || {
+            if this.dir(&key).join(MANIFEST_NAME).exists() {
+                return Err(this.err(
+                    "remove incomplete",
+                    &this.dir(&key),
+                    io::Error::other("it has a manifest: it is a committed backup"),
+                ));
+            }
+            this.delete_sync(&key, false)
+        })
+        .await
+    }
+}

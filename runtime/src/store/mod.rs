@@ -1,0 +1,191 @@
+//! Zone stores: one async trait for every place a zone can live, with a local-directory
+//! implementation here (the S3 one lives beside it when it lands).
+//!
+//! Layout inside a zone: `<host-id>/<backup-id>/archive.tar.zst` and
+//! `<host-id>/<backup-id>/manifest.json`. The manifest is written last and is the commit
+//! marker; an archive without a manifest is an incomplete upload, never a backup.
+
+pub mod local;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::archive::Manifest;
+use crate::domain::BackupId;
+
+pub use local::LocalStore;
+
+/// The archive's object name inside a backup's folder.
+pub const ARCHIVE_NAME: &str = "archive.tar.zst";
+/// The manifest's object name inside a backup's folder.
+pub const MANIFEST_NAME: &str = "manifest.json";
+
+/// A backup's address inside a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackupKey {
+    /// Host id (first path segment).
+    pub host: String,
+    /// Backup id (second path segment).
+    pub id: BackupId,
+}
+
+impl fmt::Display for BackupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.host, self.id)
+    }
+}
+
+/// One backup folder found in a zone.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Its address.
+    pub key: BackupKey,
+    /// The manifest, when committed and readable.
+    pub manifest: Result<Manifest, String>,
+}
+
+/// Whether retrying may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A passing fault (timeout, connection reset): retry with backoff.
+    Temporary,
+    /// Retrying will not help until something changes.
+    Permanent,
+}
+
+/// Errors of zone stores.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// I/O on the zone failed.
+    #[error("zone {zone}: {op} {path}: {source}")]
+    Io {
+        /// The zone's URL.
+        zone: String,
+        /// What was being done.
+        op: &'static str,
+        /// The path or object.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backup is not in this zone.
+    #[error("zone {zone}: backup {key} not found")]
+    NotFound {
+        /// The zone's URL.
+        zone: String,
+        /// The backup.
+        key: BackupKey,
+    },
+    /// A manifest could not be read.
+    #[error("zone {zone}: manifest of {key} is unreadable: {reason}")]
+    BadManifest {
+        /// The zone's URL.
+        zone: String,
+        /// The backup.
+        key: BackupKey,
+        /// Why.
+        reason: String,
+    },
+    /// The zone URL cannot be used by this build.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl StoreError {
+    /// Whether retrying may help.
+    pub fn retry(&self) -> Retry {
+        match self {
+            StoreError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::Interrupted
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::WouldBlock => Retry::Temporary,
+                _ => Retry::Permanent,
+            },
+            _ => Retry::Permanent,
+        }
+    }
+}
+
+/// A progress callback: called with the number of bytes just moved.
+pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Where a zone keeps its backups.
+#[async_trait]
+pub trait ZoneStore: Send + Sync + fmt::Debug {
+    /// The zone's URL, for messages.
+    fn url(&self) -> &str;
+
+    /// A local directory on the same filesystem as the zone, where a new archive can be
+    /// written so that [`ZoneStore::put_archive`] only renames it; `None` when the zone
+    /// is remote.
+    fn staging_dir(&self) -> Option<PathBuf>;
+
+    /// Checks the zone is reachable and writable, creating its root if needed.
+    async fn check(&self) -> Result<(), StoreError>;
+
+    /// Every backup folder of every host in the zone.
+    async fn list(&self) -> Result<Vec<Listed>, StoreError>;
+
+    /// Reads a committed backup's manifest.
+    async fn read_manifest(&self, key: &BackupKey) -> Result<Manifest, StoreError>;
+
+    /// Stores the archive file `src` (consuming it when it is in the staging directory).
+    /// Not yet a backup: the manifest commits it.
+    async fn put_archive(
+        &self,
+        key: &BackupKey,
+        src: &Path,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError>;
+
+    /// Writes the manifest, committing the backup.
+    async fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError>;
+
+    /// The archive's path when it can be read in place (local zones).
+    fn local_archive(&self, key: &BackupKey) -> Option<PathBuf>;
+
+    /// Copies the archive to `dest` (a new file), calling `progress` as bytes arrive.
+    async fn fetch_archive(
+        &self,
+        key: &BackupKey,
+        dest: &Path,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes a backup: the manifest first (so a crash leaves an incomplete upload, never
+    /// a half-deleted backup that looks whole), then the archive.
+    async fn delete(&self, key: &BackupKey) -> Result<(), StoreError>;
+
+    /// Removes an incomplete backup folder (an archive without a manifest, temp files).
+    async fn remove_incomplete(&self, key: &BackupKey) -> Result<(), StoreError>;
+}
+
+/// Opens the store for a zone URL: `file:///path` or a plain path. `s3://` URLs are
+/// refused with an explanation until the S3 store lands.
+pub fn open(url: &str) -> Result<Arc<dyn ZoneStore>, StoreError> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Ok(Arc::new(LocalStore::new(
+            url.to_owned(),
+            PathBuf::from(rest),
+        )));
+    }
+    if url.starts_with("s3://") {
+        return Err(StoreError::Unsupported(format!(
+            "zone URL {url}: S3 zones are not available in this build yet; use a file:/// URL \
+             (the S3 zone store is tracked as its own work item)"
+        )));
+    }
+    if url.contains("://") {
+        return Err(StoreError::Unsupported(format!(
+            "zone URL {url}: unknown scheme; expected file:///path or s3://bucket/prefix"
+        )));
+    }
+    Ok(Arc::new(LocalStore::new(
+        format!("file://{url}"),
+        PathBuf::from(url),
+    )))
+}
