@@ -762,10 +762,9 @@ pub fn provenance(fig: &Figment, key: &str) -> String {
             if let Some(path) = md.source.as_ref().and_then(|s| s.file_path()) {
                 format!("file {}", path.display())
             } else if md.name.contains("environment") {
-                let keys: Vec<&str> = key.split('.').collect();
                 format!(
-                    "environment {}",
-                    md.interpolate(&figment::Profile::Default, &keys)
+                    "environment TIERKEEP_{}",
+                    key.replace('.', "__").to_ascii_uppercase()
                 )
             } else {
                 "command line".into()

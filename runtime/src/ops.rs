@@ -778,12 +778,10 @@ fn remove_partials(dir: &Path, removed: &mut Vec<String>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let p = e.path();
-        if p.extension().is_some_and(|x| x == "partial")
-            || p.to_string_lossy().ends_with(".export.tar.zst")
-        {
-            if fs::remove_file(&p).is_ok() {
-                removed.push(format!("staging: {}", p.display()));
-            }
+        let stale = p.extension().is_some_and(|x| x == "partial")
+            || p.to_string_lossy().ends_with(".export.tar.zst");
+        if stale && fs::remove_file(&p).is_ok() {
+            removed.push(format!("staging: {}", p.display()));
         }
     }
 }

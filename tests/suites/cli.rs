@@ -1,1 +1,545 @@
+//! The CLI as a black box: backups of real trees on a real filesystem, restores compared
+//! entry by entry, standard tools on the archives, hostile archives, full zones,
+//! configuration errors, and several processes sharing one catalog.
 
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command as StdCommand, Stdio};
+
+use predicates::prelude::*;
+use support::{Host, assert_same_tree, entry_of, make_tree, sha256_file};
+
+fn restored_src(host: &Host, target: &Path) -> std::path::PathBuf {
+    target.join(entry_of(&host.src()))
+}
+
+#[test]
+fn round_trip_keeps_every_kind_of_entry() {
+    let host = Host::new("");
+    make_tree(&host.src());
+    let m = host.backup(&[]);
+    let id = m["id"].as_str().expect("id");
+    assert_eq!(m["kind"], "scheduled");
+    let target = host.root().join("restore");
+    let out = host.ok(&["restore", id, "--to", target.to_str().expect("utf8")]);
+    assert!(out.contains("restored"), "{out}");
+    assert_same_tree(&host.src(), &restored_src(&host, &target));
+
+    // The list agrees with the manifest.
+    let list = host.list(None);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["zone"], "black-box");
+    assert_eq!(list[0]["sha256"], m["archive_sha256"]);
+    assert_eq!(list[0]["size_bytes"], m["archive_bytes"]);
+}
+
+#[test]
+fn archives_restore_with_zstd_and_tar_alone() {
+    let host = Host::new("");
+    make_tree(&host.src());
+    let m = host.backup(&[]);
+    let id = m["id"].as_str().expect("id");
+    let dir = host.zone_dir("black-box", id);
+    let archive = dir.join("archive.tar.zst");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    // sha256sum, the standard tool, agrees with the manifest.
+    let out = StdCommand::new("sha256sum")
+        .arg(&archive)
+        .output()
+        .expect("sha256sum");
+    let sum = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        sum.split_whitespace().next(),
+        manifest["archive_sha256"].as_str()
+    );
+    assert_eq!(
+        fs::metadata(&archive).expect("stat").len(),
+        manifest["archive_bytes"].as_u64().expect("bytes")
+    );
+
+    // `export` writes the same bytes; `zstd -d | tar -x` restores the tree.
+    let exported = host.root().join("exported.tar.zst");
+    host.ok(&["export", id, "--to", exported.to_str().expect("utf8")]);
+    assert_eq!(sha256_file(&exported), sha256_file(&archive));
+    let target = host.root().join("by-tar");
+    fs::create_dir(&target).expect("mkdir");
+    let status = StdCommand::new("sh")
+        .arg("-c")
+        .arg("zstd -d -q < \"$1\" | tar -x -C \"$2\"")
+        .arg("sh")
+        .arg(&exported)
+        .arg(&target)
+        .status()
+        .expect("zstd | tar");
+    assert!(status.success());
+    assert_same_tree(&host.src(), &restored_src(&host, &target));
+}
+
+#[test]
+fn single_path_restore_and_target_rules() {
+    let host = Host::new("");
+    make_tree(&host.src());
+    let id = host.backup(&[])["id"].as_str().expect("id").to_owned();
+    let src = host.src();
+
+    // One directory's subtree.
+    let sub = src.join("app/data");
+    let t1 = host.root().join("t1");
+    host.ok(&[
+        "restore",
+        &id,
+        "--to",
+        t1.to_str().expect("utf8"),
+        "--path",
+        sub.to_str().expect("utf8"),
+    ]);
+    let restored = t1.join(entry_of(&sub));
+    assert_same_tree(&sub, &restored);
+    assert!(!t1.join(entry_of(&src.join("app/config"))).exists());
+
+    // One file.
+    let file = src.join("app/config/app.toml");
+    let t2 = host.root().join("t2");
+    host.ok(&[
+        "restore",
+        &id,
+        "--to",
+        t2.to_str().expect("utf8"),
+        "--path",
+        file.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        fs::read(t2.join(entry_of(&file))).expect("read"),
+        fs::read(&file).expect("read")
+    );
+
+    // A path the backup does not hold.
+    let t3 = host.root().join("t3");
+    let err = host.fails(
+        &[
+            "restore",
+            &id,
+            "--to",
+            t3.to_str().expect("utf8"),
+            "--path",
+            "/no/such/path",
+        ],
+        3,
+    );
+    assert!(err.contains("holds nothing at"), "{err}");
+
+    // A non-empty target is refused unless --force.
+    let err = host.fails(&["restore", &id, "--to", t2.to_str().expect("utf8")], 3);
+    assert!(
+        err.contains("not empty") && err.contains("--force"),
+        "{err}"
+    );
+    host.ok(&[
+        "restore",
+        &id,
+        "--to",
+        t2.to_str().expect("utf8"),
+        "--force",
+    ]);
+    assert_same_tree(&src, &restored_src(&host, &t2));
+
+    // Unknown ids are refused with exit 3.
+    host.fails(
+        &[
+            "restore",
+            "20200101T000000.000Z-000000000000",
+            "--to",
+            "/tmp/x",
+        ],
+        3,
+    );
+}
+
+#[test]
+fn full_zones_refuse_before_writing() {
+    let host = Host::new("[zones.reserved]\nmax_backups = 1\n[zones.black_box]\nmax_backups = 1\n");
+    fs::write(host.src().join("f"), b"data").expect("write");
+    let first = host.backup(&["--manual", "--label", "before upgrade"]);
+    assert_eq!(first["kind"], "manual");
+    assert_eq!(first["label"], "before upgrade");
+    let reserved = host.data().join("reserved/test-host");
+    let count = |p: &Path| fs::read_dir(p).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(count(&reserved), 1);
+
+    let err = host.fails(&["backup", "--manual"], 3);
+    assert!(err.contains("reserved zone is full"), "{err}");
+    assert!(err.contains("holds 1 of 1"), "{err}");
+    assert!(err.contains("tierkeep delete"), "{err}");
+    assert_eq!(count(&reserved), 1, "nothing new in the reserved zone");
+    assert_eq!(
+        count(&host.data().join("reserved/.staging")),
+        0,
+        "nothing staged"
+    );
+    assert_eq!(host.list(Some("reserved")).len(), 1);
+
+    // The black box the same way (until aging exists).
+    host.backup(&[]);
+    let err = host.fails(&["backup"], 3);
+    assert!(err.contains("black-box zone is full"), "{err}");
+    assert_eq!(host.list(Some("black-box")).len(), 1);
+
+    // The refusals are in the audit trail; the operator can make room explicitly.
+    let history = host.ok(&["catalog", "history"]);
+    assert!(history.contains("refused"), "{history}");
+    let id = first["id"].as_str().expect("id");
+    host.fails(&["delete", id], 2);
+    host.ok(&["delete", id, "--yes"]);
+    host.backup(&["--manual"]);
+    let trail = host.ok(&["catalog", "history", id]);
+    assert!(
+        trail.contains("deleted") && trail.contains("created"),
+        "{trail}"
+    );
+}
+
+/// Writes a tar stream by hand (raw names, no checks), compressed with zstd.
+/// (name, type, link target, content) of one raw tar entry.
+type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
+
+fn hostile_archive(entries: &[RawEntry<'_>]) -> Vec<u8> {
+    let mut tar_bytes = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut tar_bytes);
+        for (name, kind, link, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_size(data.len() as u64);
+            h.set_mtime(1_600_000_000);
+            let slot = &mut h.as_old_mut().name;
+            slot[..name.len()].copy_from_slice(name);
+            let l = &mut h.as_old_mut().linkname;
+            l[..link.len()].copy_from_slice(link);
+            h.set_cksum();
+            b.append(&h, *data).expect("append");
+        }
+        b.finish().expect("finish");
+    }
+    zstd::encode_all(&tar_bytes[..], 3).expect("zstd")
+}
+
+/// Plants an archive as a committed black-box backup and registers it.
+fn plant(host: &Host, id: &str, archive: &[u8]) {
+    let dir = host.zone_dir("black-box", id);
+    fs::create_dir_all(&dir).expect("mkdir");
+    fs::write(dir.join("archive.tar.zst"), archive).expect("write");
+    let sha = support::sha256_file(&dir.join("archive.tar.zst"));
+    let manifest = serde_json::json!({
+        "format": 1, "id": id, "host_id": "test-host", "kind": "scheduled",
+        "created_at": "2026-01-01T00:00:00Z", "source": ["/x"], "entries": 2,
+        "logical_bytes": 10, "archive_bytes": archive.len(), "archive_sha256": sha,
+        "compression": "zstd", "tool_version": "test", "policy": "test"
+    });
+    fs::write(dir.join("manifest.json"), manifest.to_string()).expect("write");
+    host.ok(&["catalog", "rebuild"]);
+}
+
+#[test]
+fn hostile_archives_are_refused_and_nothing_escapes() {
+    let host = Host::new("");
+    let outside = host.root().join("outside");
+    fs::create_dir(&outside).expect("mkdir");
+    let outside_str = outside.to_str().expect("utf8").as_bytes().to_vec();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "20260101T000000.001Z-000000000001",
+            hostile_archive(&[(b"../outside/evil", tar::EntryType::Regular, b"", b"pwned")]),
+        ),
+        (
+            "20260101T000000.002Z-000000000002",
+            hostile_archive(&[(
+                format!("{}/evil", outside.display()).as_bytes(),
+                tar::EntryType::Regular,
+                b"",
+                b"pwned",
+            )]),
+        ),
+        (
+            "20260101T000000.003Z-000000000003",
+            hostile_archive(&[
+                (b"link", tar::EntryType::Symlink, &outside_str, b""),
+                (b"link/evil", tar::EntryType::Regular, b"", b"pwned"),
+            ]),
+        ),
+        (
+            "20260101T000000.004Z-000000000004",
+            hostile_archive(&[(
+                b"a/b/../../../outside/evil",
+                tar::EntryType::Regular,
+                b"",
+                b"x",
+            )]),
+        ),
+        (
+            "20260101T000000.005Z-000000000005",
+            hostile_archive(&[
+                (b"ok", tar::EntryType::Regular, b"", b"fine"),
+                (b"hl", tar::EntryType::Link, b"../../outside/evil", b""),
+            ]),
+        ),
+    ];
+    for (id, archive) in &cases {
+        plant(&host, id, archive);
+        let target = host.root().join(format!("target-{id}"));
+        let err = host.fails(&["restore", id, "--to", target.to_str().expect("utf8")], 1);
+        assert!(err.contains("refused archive entry"), "{id}: {err}");
+        assert_eq!(
+            fs::read_dir(&outside).expect("read_dir").count(),
+            0,
+            "{id}: something was written outside the target"
+        );
+    }
+}
+
+#[test]
+fn corrupted_archives_are_detected() {
+    let host = Host::new("");
+    make_tree(&host.src());
+    let id = host.backup(&[])["id"].as_str().expect("id").to_owned();
+    let archive = host.zone_dir("black-box", &id).join("archive.tar.zst");
+    let mut bytes = fs::read(&archive).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&archive, &bytes).expect("write");
+
+    let out = host.cmd(&["verify"]).output().expect("verify");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED"));
+    let target = host.root().join("t");
+    let err = host.fails(&["restore", &id, "--to", target.to_str().expect("utf8")], 1);
+    assert!(
+        err.contains("does not match its manifest") || err.contains("archive stream"),
+        "{err}"
+    );
+    let exported = host.root().join("e.tar.zst");
+    let err = host.fails(
+        &["export", &id, "--to", exported.to_str().expect("utf8")],
+        1,
+    );
+    assert!(err.contains("does not match its manifest"), "{err}");
+    assert!(!exported.exists());
+}
+
+#[test]
+fn configuration_errors_explain_themselves() {
+    let host = Host::new("bogus_key = 1\n");
+    let err = host.fails(&["config", "check"], 2);
+    assert!(err.contains("bogus_key"), "{err}");
+
+    let host = Host::new("[schedule]\ninterval = \"1h\"\naging = \"20h\"\n");
+    let err = host.fails(&["list"], 2);
+    assert!(err.contains("schedule.aging"), "{err}");
+
+    let host = Host::new("[zones.black_box]\nmax_backups = 0\n");
+    let err = host.fails(&["status"], 2);
+    assert!(err.contains("1 to 10 backups"), "{err}");
+
+    // An unreadable source, and a zone directory that cannot be created.
+    let host = Host::new("");
+    fs::remove_dir(host.src()).expect("rmdir");
+    let err = host.fails(&["backup"], 2);
+    assert!(err.contains("source.paths"), "{err}");
+    let host = Host::new(&format!(
+        "[zones.reserved]\nurl = \"file://{}/blocker/zone\"\n",
+        std::env::temp_dir()
+            .join("no-such-tierkeep-parent")
+            .display()
+    ));
+    let blocker = std::env::temp_dir().join("no-such-tierkeep-parent");
+    let _ = fs::remove_dir_all(&blocker);
+    fs::write(&blocker, b"a file where a directory should be").expect("write");
+    let err = host.fails(&["config", "check"], 2);
+    fs::remove_file(&blocker).expect("cleanup");
+    assert!(err.contains("not writable"), "{err}");
+
+    // Environment beats the file; show says where each value came from; secrets stay secret.
+    let host = Host::new("[s3]\nsecret_access_key = \"hunter2\"\n");
+    let out = host
+        .cmd(&["config", "show"])
+        .env("TIERKEEP_ZONES__BLACK_BOX__MAX_BACKUPS", "5")
+        .env("TIERKEEP_TEST_UNRELATED", "ignored")
+        .output()
+        .expect("config show");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("hunter2"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("zones.black_box.max_backups"))
+        .expect("line");
+    assert!(
+        line.contains("= 5") && line.contains("TIERKEEP_ZONES__BLACK_BOX__MAX_BACKUPS"),
+        "{line}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("zones.deletion.max_backups"))
+        .expect("line");
+    assert!(
+        line.contains("= 50"),
+        "deletion defaults to 10x the black box: {line}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("host_id"))
+        .expect("line");
+    assert!(line.contains("file "), "{line}");
+    host.cmd(&["config", "show"])
+        .arg("--host-id")
+        .arg("from-flag")
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("from-flag").and(predicate::str::contains("command line")),
+        );
+}
+
+#[test]
+fn catalog_rebuilds_from_the_zones() {
+    let host = Host::new("");
+    fs::write(host.src().join("f"), b"data").expect("write");
+    let a = host.backup(&[]);
+    let b = host.backup(&["--manual", "--label", "keep"]);
+    // An incomplete upload (archive without manifest) is cleaned up by the rebuild.
+    let junk = host.zone_dir("black-box", "20260101T000000.000Z-00000000dead");
+    fs::create_dir_all(&junk).expect("mkdir");
+    fs::write(junk.join("archive.tar.zst"), b"partial").expect("write");
+
+    for ext in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(host.data().join(format!("catalog.sqlite{ext}")));
+    }
+    assert!(host.list(None).is_empty());
+    let out = host.ok(&["catalog", "rebuild"]);
+    assert!(out.contains("2 backups found"), "{out}");
+    assert!(!junk.exists());
+    let list = host.list(None);
+    let ids: Vec<&str> = list.iter().map(|r| r["id"].as_str().expect("id")).collect();
+    assert_eq!(
+        ids,
+        vec![b["id"].as_str().expect("id"), a["id"].as_str().expect("id")]
+    );
+    assert_eq!(list[0]["zone"], "reserved");
+    assert_eq!(list[0]["label"], "keep");
+    host.ok(&["verify", "--all", "--deep"]);
+}
+
+#[test]
+fn processes_share_the_catalog_safely() {
+    let host =
+        Host::new("[zones.black_box]\nmax_backups = 10\n[zones.reserved]\nmax_backups = 10\n");
+    for i in 0..300 {
+        let d = host.src().join(format!("d{}", i % 17));
+        fs::create_dir_all(&d).expect("mkdir");
+        fs::write(d.join(format!("f{i}")), vec![b'x'; 4096 + i]).expect("write");
+    }
+    let bin = assert_cmd::cargo::cargo_bin("tierkeep");
+    let spawn = |args: &[&str]| {
+        StdCommand::new(&bin)
+            .arg("--config")
+            .arg(&host.config)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let mut writers: Vec<_> = (0..4)
+        .map(|i| {
+            if i % 2 == 0 {
+                spawn(&["backup", "--json"])
+            } else {
+                spawn(&["backup", "--manual", "--json"])
+            }
+        })
+        .collect();
+    let mut readers = Vec::new();
+    for _ in 0..12 {
+        readers.push(spawn(&["list", "--json"]));
+        readers.push(spawn(&["status", "--json"]));
+    }
+    for child in writers.drain(..).chain(readers) {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "a concurrent command failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    }
+    let list = host.list(None);
+    assert_eq!(list.len(), 4);
+    let catalog =
+        tierkeep::catalog::Catalog::open(&host.data().join("catalog.sqlite")).expect("open");
+    catalog.integrity_check().expect("integrity");
+    host.ok(&["verify", "--all"]);
+}
+
+#[test]
+fn large_files_stream_and_standard_tar_reads_their_size() {
+    // A sparse 9 GiB file: larger than the 8 GiB an octal tar size field holds.
+    let host = Host::new("");
+    let big = host.src().join("big.img");
+    let f = fs::File::create(&big).expect("create");
+    let size: u64 = 9 * 1024 * 1024 * 1024 + 123;
+    f.set_len(size).expect("set_len");
+    let mut small = fs::File::create(host.src().join("after-big")).expect("create");
+    small.write_all(b"entry after the big one").expect("write");
+    drop(small);
+    let m = host.backup(&[]);
+    let id = m["id"].as_str().expect("id");
+    assert_eq!(m["logical_bytes"].as_u64(), Some(size + 23));
+    host.ok(&["verify", id, "--deep"]);
+    let archive = host.zone_dir("black-box", id).join("archive.tar.zst");
+    let out = StdCommand::new("sh")
+        .arg("-c")
+        .arg("zstd -d -q < \"$1\" | tar -tv")
+        .arg("sh")
+        .arg(&archive)
+        .output()
+        .expect("tar -tv");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.ends_with("big.img"))
+        .expect("big.img listed");
+    assert!(line.contains(&size.to_string()), "{line}");
+    // Restoring a single small path still streams past the big entry.
+    let t = host.root().join("t");
+    let after = host.src().join("after-big");
+    host.ok(&[
+        "restore",
+        id,
+        "--to",
+        t.to_str().expect("utf8"),
+        "--path",
+        after.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        fs::read(t.join(entry_of(&after))).expect("read"),
+        b"entry after the big one"
+    );
+}

@@ -63,18 +63,14 @@ pub fn running_as_root() -> bool {
 }
 
 type Chunk = io::Result<(Vec<u8>, u64)>;
+type Decoder = (
+    Receiver<Chunk>,
+    thread::JoinHandle<io::Result<(u64, String)>>,
+);
 
 /// Decompresses `archive` on a thread; returns the receiving end and the join handle
 /// yielding (archive bytes, hex SHA-256).
-fn spawn_decoder(
-    archive: &Path,
-) -> Result<
-    (
-        Receiver<Chunk>,
-        thread::JoinHandle<io::Result<(u64, String)>>,
-    ),
-    ArchiveError,
-> {
+fn spawn_decoder(archive: &Path) -> Result<Decoder, ArchiveError> {
     let file = File::open(archive).map_err(|e| ArchiveError::io("open", archive, e))?;
     let (tx, rx): (SyncSender<Chunk>, Receiver<Chunk>) = sync_channel(16);
     let handle = thread::Builder::new()
@@ -621,7 +617,7 @@ impl Extractor {
     /// contents are in place.
     fn finish_dirs(&mut self) -> Result<(), ArchiveError> {
         self.dirs
-            .sort_by(|a, b| b.path.as_os_str().len().cmp(&a.path.as_os_str().len()));
+            .sort_by_key(|d| std::cmp::Reverse(d.path.as_os_str().len()));
         for d in &self.dirs {
             if self.owners {
                 std::os::unix::fs::lchown(&d.path, Some(d.uid as u32), Some(d.gid as u32))

@@ -287,11 +287,11 @@ impl<W: Write> Writer<'_, W> {
 
     fn add_file(&mut self, path: &Path, md: &Metadata) -> Result<(), ArchiveError> {
         let name = entry_name(path);
-        if md.nlink() > 1 {
-            if let Some(first) = self.links.get(&(md.dev(), md.ino())).cloned() {
-                let header = self.header(md, EntryType::Link);
-                return self.append(header, md, &name, Some(&first), &mut io::empty());
-            }
+        if md.nlink() > 1
+            && let Some(first) = self.links.get(&(md.dev(), md.ino())).cloned()
+        {
+            let header = self.header(md, EntryType::Link);
+            return self.append(header, md, &name, Some(&first), &mut io::empty());
         }
         let mut file = match File::open(path) {
             Ok(f) => f,
