@@ -316,17 +316,61 @@ class Run:
     stdout: str
 
 
-def run_timed(argv: list[str], logs: Path, name: str, env: dict[str, str] | None = None) -> Run:
-    """Runs `argv`, timing wall clock; peak RSS via wait4 (for `bash -c` pipelines the
-    kernel reports the max over bash and every process it waited for)."""
+# Peak RSS. A process's ru_maxrss includes the high-water mark of the address space it
+# replaced at exec, and subprocess starts children with vfork, so wait4 straight from
+# this (large) Python process reports at least *this* process's RSS for every command
+# (seen: the same ~155 MiB for all of them). The command is therefore started by a small
+# process that wait4s for it and reports ru_maxrss: GNU time if installed (floor ~1 MiB),
+# else a minimal `python3 -S` reporter (floor ~8 MiB). For a `bash -c` pipeline the value
+# is the max over bash and every process bash waited for (tar, zstd), not their sum.
+_REPORTER = """
+import os, sys
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write("%d\\n" % ru.ru_maxrss)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+@dataclass
+class RssMethod:
+    name: str
+    gnu_time: str | None = None
+
+    def wrap(self, argv: list[str], rss_file: Path) -> list[str]:
+        if self.gnu_time:
+            return [self.gnu_time, "-f", "%M", "-o", str(rss_file), *argv]
+        return [sys.executable, "-S", "-E", "-c", _REPORTER, str(rss_file), *argv]
+
+
+def pick_rss_method(choice: str) -> RssMethod:
+    if choice in ("auto", "gnu-time"):
+        t = shutil.which("time")
+        if t:
+            v = subprocess.run([t, "--version"], capture_output=True, text=True)
+            if "GNU" in v.stdout + v.stderr:
+                return RssMethod("GNU time (wait4 in /usr/bin/time)", t)
+        if choice == "gnu-time":
+            raise BenchError("--rss-via gnu-time: GNU time is not installed")
+    return RssMethod("wait4 in a minimal python3 -S reporter")
+
+
+def run_timed(
+    argv: list[str], logs: Path, name: str, rss: RssMethod, env: dict[str, str] | None = None
+) -> Run:
+    """Runs `argv` (through `rss`), timing the wall clock; returns time and peak RSS."""
     out_path = logs / f"{name}.stdout"
     err_path = logs / f"{name}.stderr"
+    rss_path = logs / f"{name}.maxrss"
     with open(out_path, "wb") as so, open(err_path, "wb") as se:
         t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=so, stderr=se, env=env)
-        _, status, ru = os.wait4(p.pid, 0)
+        p = subprocess.Popen(
+            rss.wrap(argv, rss_path), stdin=subprocess.DEVNULL, stdout=so, stderr=se, env=env
+        )
+        p.wait()
         t1 = time.perf_counter()
-    p.returncode = os.waitstatus_to_exitcode(status)
     stdout = out_path.read_text(errors="replace")
     if p.returncode != 0:
         err = err_path.read_text(errors="replace").strip()
@@ -334,7 +378,11 @@ def run_timed(argv: list[str], logs: Path, name: str, env: dict[str, str] | None
             f"{name} failed with exit status {p.returncode}: {shlex.join(argv)}\n"
             f"stderr (last lines):\n{os.linesep.join(err.splitlines()[-20:])}"
         )
-    return Run(t1 - t0, ru.ru_maxrss, stdout)
+    try:
+        maxrss = int(rss_path.read_text().split()[-1])
+    except (OSError, ValueError, IndexError) as e:
+        raise BenchError(f"{name}: could not read the peak RSS from {rss_path}: {e}") from e
+    return Run(t1 - t0, maxrss, stdout)
 
 
 def bash(script: str) -> list[str]:
@@ -403,6 +451,10 @@ def main() -> int:
     ap.add_argument("--tierkeep", type=Path, default=DEFAULT_TIERKEEP, help=f"tierkeep binary (default {DEFAULT_TIERKEEP})")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--keep-temp", action="store_true", help="keep the run directory under .bench/")
+    ap.add_argument(
+        "--rss-via", choices=("auto", "gnu-time", "python"), default="auto",
+        help="how peak RSS is taken: GNU time if installed (auto), or a minimal python3 -S reporter",
+    )
     args = ap.parse_args()
 
     if args.size_mib < 8:
@@ -429,8 +481,9 @@ def main() -> int:
     try:
         data.parent.mkdir(parents=True, exist_ok=True)
         ensure_data(data, args.size_mib, args.seed)
+        rss = pick_rss_method(args.rss_via)
         run_dir.mkdir(parents=True)
-        return bench(args, tk, data, run_dir)
+        return bench(args, tk, data, run_dir, rss)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -445,7 +498,7 @@ def main() -> int:
                 shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path) -> int:
+def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path, rss: RssMethod) -> int:
     rel = str(data).lstrip("/")
     logs = run_dir / "logs"
     logs.mkdir()
@@ -455,6 +508,9 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path) -> int:
     tk_version = version.stdout.strip() or "unknown"
     zstd_version = subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout.strip()
     tar_version = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+    floor = run_timed(["true"], logs, "rss-floor", rss)
+    log(f"peak RSS via {rss.name}; floor (a `true` run) {floor.maxrss_kib / 1024:.1f} MiB")
 
     log("taking the source inventory and hashing the verification sample ...")
     src = inventory(data)
@@ -467,7 +523,7 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path) -> int:
     # every timed run (tierkeep and reference alike) starts from a warm cache.
     # (`| cat`: GNU tar skips reading file contents when writing straight to /dev/null.)
     log("warm-up: reading the data set once (untimed tar | cat > /dev/null) ...")
-    warm = run_timed(bash(f"tar -C / -cf - {shlex.quote(rel)} | cat > /dev/null"), logs, "warmup")
+    warm = run_timed(bash(f"tar -C / -cf - {shlex.quote(rel)} | cat > /dev/null"), logs, "warmup", rss)
     log(f"warm-up read took {warm.seconds:.2f} s")
 
     results: dict[str, dict[str, list[Run]]] = {
@@ -494,7 +550,7 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path) -> int:
             nonlocal backup_id
             r = run_timed(
                 [str(tk), "--config", str(cfg), "--no-progress", "backup", "--json"],
-                logs, f"rep{rep}-tierkeep-backup", env,
+                logs, f"rep{rep}-tierkeep-backup", rss, env,
             )
             try:
                 out = json.loads(r.stdout)
@@ -508,7 +564,7 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path) -> int:
         def ref_backup() -> None:
             r = run_timed(
                 bash(f"tar -C / -cf - {shlex.quote(rel)} | zstd -T0 -3 -q -o {shlex.quote(str(ref_out))}"),
-                logs, f"rep{rep}-reference-backup",
+                logs, f"rep{rep}-reference-backup", rss,
             )
             ref_archive.append(ref_out.stat().st_size)
             results["backup"]["reference"].append(r)
@@ -518,7 +574,7 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path) -> int:
             tk_restore.mkdir()
             r = run_timed(
                 [str(tk), "--config", str(cfg), "--no-progress", "restore", backup_id, "--to", str(tk_restore)],
-                logs, f"rep{rep}-tierkeep-restore", env,
+                logs, f"rep{rep}-tierkeep-restore", rss, env,
             )
             results["restore"]["tierkeep"].append(r)
             verify_tree("tierkeep restore", tk_restore / rel, src, src_hashes, data, check_mtime=True)
@@ -528,7 +584,7 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path) -> int:
             ref_restore.mkdir()
             r = run_timed(
                 bash(f"zstd -d -q < {shlex.quote(str(ref_out))} | tar -x -C {shlex.quote(str(ref_restore))}"),
-                logs, f"rep{rep}-reference-restore",
+                logs, f"rep{rep}-reference-restore", rss,
             )
             results["restore"]["reference"].append(r)
             # Sanity only (GNU tar keeps whole-second mtimes): the reference must have
@@ -566,7 +622,8 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path) -> int:
         f"timing ({warm.seconds:.2f} s), so all runs read from a warm cache",
         "sync(2) is called before each timed step (untimed)",
         f"order alternates per repetition (rep 1: tierkeep first); medians of {args.reps} rep(s)",
-        "reference peak RSS is the max over the pipeline's processes (bash, tar, zstd), via wait4",
+        f"peak RSS via {rss.name}, floor {floor.maxrss_kib / 1024:.1f} MiB (a `true` run); "
+        "reference peak RSS is the max over the pipeline's processes (bash, tar, zstd), not the sum",
         "tierkeep backup also SHA-256-hashes and fsyncs its archive and updates its catalog; "
         "tierkeep restore also verifies the archive hash; the reference does neither",
         "tierkeep restored trees verified: paths, sizes, modes, mtimes (ns) and SHA-256 of "
@@ -580,6 +637,8 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path) -> int:
         "zstd_version": zstd_version,
         "tar_version": tar_version,
         "cpus": os.cpu_count(),
+        "rss_method": rss.name,
+        "rss_floor_mib": round(floor.maxrss_kib / 1024, 1),
         "data": {
             "path": str(data),
             "size_mib_requested": args.size_mib,
