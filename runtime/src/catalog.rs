@@ -391,6 +391,41 @@ impl Catalog {
         tx.commit().map_err(wrap)
     }
 
+    /// Adds a committed backup found in `zone` that the catalog does not know (a crash
+    /// between the zone's commit and the catalog's). Returns whether it was added.
+    pub fn discover(
+        &mut self,
+        m: &Manifest,
+        zone: Zone,
+        now: OffsetDateTime,
+    ) -> Result<bool, CatalogError> {
+        if self.get(&m.id)?.is_some() {
+            return Ok(false);
+        }
+        let path = self.path.clone();
+        let wrap = |source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(wrap)?;
+        upsert(&tx, m, zone, now).map_err(wrap)?;
+        event(
+            &tx,
+            now,
+            Some(m.id.as_str()),
+            "discovered",
+            None,
+            Some(zone),
+            "committed in the zone but missing from the catalog (an interrupted run)",
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)?;
+        Ok(true)
+    }
+
     /// Records that a backup left the catalog's view: `kind` is deleted, evicted or missing.
     pub fn mark_removed(
         &mut self,

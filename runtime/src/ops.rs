@@ -21,7 +21,7 @@ use crate::domain::{
     next_scheduled,
 };
 use crate::progress::Progress;
-use crate::store::{self, BackupKey, StoreError, ZoneStore};
+use crate::store::{self, BackupKey, ListedState, StoreError, ZoneStore};
 
 /// Errors of operations, each mapped to an exit status.
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +295,7 @@ impl Tierkeep {
         let mut catalog = self.catalog()?;
         let zone = kind.home_zone();
         let zs = self.settings.zone(zone);
+        self.sweep(&mut catalog, zone, now).await?;
         let usage = catalog.usage(zone)?;
         if let Admission::Refuse {
             zone,
@@ -353,6 +354,46 @@ impl Tierkeep {
                 Err(e)
             }
         }
+    }
+
+    /// Repairs what an interrupted run may have left in `zone` (call under the host lock,
+    /// so nothing is under way): stale staging files and incomplete uploads are removed,
+    /// committed backups the catalog does not know are added to it.
+    async fn sweep(
+        &self,
+        catalog: &mut Catalog,
+        zone: Zone,
+        now: OffsetDateTime,
+    ) -> Result<(), OpsError> {
+        let store = self.store(zone);
+        let mut removed = Vec::new();
+        if let Some(staging) = store.staging_dir() {
+            remove_partials(&staging, &mut removed);
+        }
+        remove_partials(&self.settings.data_dir.join("staging"), &mut removed);
+        for listed in store.list().await? {
+            if listed.key.host != self.settings.host_id {
+                continue;
+            }
+            match listed.state {
+                ListedState::Committed(m) => {
+                    if catalog.discover(&m, zone, now)? {
+                        tracing::warn!(id = %m.id, zone = %zone, "found a committed backup missing from the catalog; added it");
+                    }
+                }
+                ListedState::Incomplete => {
+                    store.remove_incomplete(&listed.key).await?;
+                    removed.push(format!("{zone}: {}", listed.key));
+                }
+                ListedState::Unreadable(reason) => {
+                    tracing::warn!(key = %listed.key, zone = %zone, "unreadable manifest left alone: {reason}");
+                }
+            }
+        }
+        for r in removed {
+            tracing::info!("removed what an interrupted run left: {r}");
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -695,13 +736,15 @@ impl Tierkeep {
                 if listed.key.host != self.settings.host_id {
                     continue;
                 }
-                match listed.manifest {
-                    Ok(m) => found.push((zone, m)),
-                    Err(reason) if reason.contains("not found") => {
+                match listed.state {
+                    ListedState::Committed(m) => found.push((zone, *m)),
+                    ListedState::Incomplete => {
                         store.remove_incomplete(&listed.key).await?;
                         incomplete.push(format!("{zone}: {}", listed.key));
                     }
-                    Err(reason) => unreadable.push(format!("{zone}: {}: {reason}", listed.key)),
+                    ListedState::Unreadable(reason) => {
+                        unreadable.push(format!("{zone}: {}: {reason}", listed.key));
+                    }
                 }
             }
             if let Some(staging) = store.staging_dir() {

@@ -543,3 +543,64 @@ fn large_files_stream_and_standard_tar_reads_their_size() {
         b"entry after the big one"
     );
 }
+
+#[test]
+fn killed_backups_leave_nothing_behind() {
+    let host = Host::new("[zones.black_box]\nmax_backups = 10\n");
+    // Enough data that a backup takes a little while.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..40 {
+        let data: Vec<u8> = (0..512 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        fs::write(host.src().join(format!("f{i}")), data).expect("write");
+    }
+    let bin = assert_cmd::cargo::cargo_bin("tierkeep");
+    for delay_ms in [5u64, 40, 120, 250, 400, 700] {
+        let mut child = StdCommand::new(&bin)
+            .arg("--config")
+            .arg(&host.config)
+            .args(["backup", "--json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    // The next run repairs: stale partial files and incomplete uploads go, committed
+    // backups the catalog missed are added.
+    host.backup(&[]);
+    let zone = host.data().join("black-box/test-host");
+    let mut in_zone: Vec<String> = fs::read_dir(&zone)
+        .expect("zone")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    in_zone.sort();
+    for id in &in_zone {
+        assert!(
+            zone.join(id).join("manifest.json").is_file(),
+            "{id} has no manifest: an incomplete upload was left behind"
+        );
+    }
+    let staging = host.data().join("black-box/.staging");
+    let leftovers: Vec<_> = fs::read_dir(&staging)
+        .expect("staging")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "staging not cleaned: {leftovers:?}");
+    let mut listed: Vec<String> = host
+        .list(Some("black-box"))
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, in_zone, "the catalog and the zone disagree");
+    host.ok(&["verify", "--all"]);
+}

@@ -180,3 +180,152 @@ pub fn hash_file(
     }
     Ok(reader.finish())
 }
+
+#[cfg(test)]
+mod round_trip {
+    //! Property test: any tree of files, directories and symlinks with arbitrary names
+    //! (non-UTF-8 and long ones too), contents, modes and nanosecond mtimes comes back
+    //! identical through [`write::write_archive`] and [`read::extract`].
+
+    use std::collections::BTreeMap;
+    use std::ffi::OsStr;
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::{Path, PathBuf};
+
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Kind {
+        File(Vec<u8>),
+        Dir,
+        Symlink(Vec<u8>),
+    }
+
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(
+                prop_oneof![b'a'..=b'z', Just(b' '), Just(b'-'), 0x80u8..=0xff],
+                1..12
+            ),
+            (101usize..180).prop_map(|n| vec![b'L'; n]),
+        ]
+        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+    }
+
+    fn entry() -> impl Strategy<Value = (Vec<Vec<u8>>, Kind, u32, i64, u32)> {
+        (
+            proptest::collection::vec(name(), 1..4),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..3000).prop_map(Kind::File),
+                Just(Kind::Dir),
+                name().prop_map(Kind::Symlink),
+            ],
+            prop_oneof![Just(0o644u32), Just(0o600), Just(0o755), Just(0o4750)],
+            0i64..2_000_000_000,
+            0u32..1_000_000_000,
+        )
+    }
+
+    fn snapshot(root: &Path) -> BTreeMap<PathBuf, (String, u32, i64, i64, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                let md = fs::symlink_metadata(&p).unwrap();
+                let rel = p.strip_prefix(root).unwrap().to_path_buf();
+                let (kind, data) = if md.is_dir() {
+                    stack.push(p.clone());
+                    ("dir", vec![])
+                } else if md.file_type().is_symlink() {
+                    (
+                        "symlink",
+                        fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec(),
+                    )
+                } else {
+                    ("file", fs::read(&p).unwrap())
+                };
+                let mode = if kind == "symlink" {
+                    0
+                } else {
+                    md.mode() & 0o7777
+                };
+                out.insert(
+                    rel,
+                    (kind.to_owned(), mode, md.mtime(), md.mtime_nsec(), data),
+                );
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn any_tree_round_trips(entries in proptest::collection::vec(entry(), 1..25)) {
+            let tmp = tempfile::tempdir().unwrap();
+            let src = tmp.path().join("src");
+            fs::create_dir(&src).unwrap();
+            let mut dirs = Vec::new();
+            for (comps, kind, mode, secs, nanos) in &entries {
+                let mut path = src.clone();
+                let mut ok = true;
+                for c in &comps[..comps.len() - 1] {
+                    path.push(OsStr::from_bytes(c));
+                    match fs::symlink_metadata(&path) {
+                        Ok(md) if md.is_dir() => {}
+                        Ok(_) => { ok = false; break; }
+                        Err(_) => fs::create_dir(&path).unwrap(),
+                    }
+                }
+                path.push(OsStr::from_bytes(&comps[comps.len() - 1]));
+                if !ok || fs::symlink_metadata(&path).is_ok() {
+                    continue;
+                }
+                match kind {
+                    Kind::File(data) => {
+                        fs::write(&path, data).unwrap();
+                        fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+                    }
+                    Kind::Dir => {
+                        fs::create_dir(&path).unwrap();
+                        dirs.push((path.clone(), *secs, *nanos));
+                        continue;
+                    }
+                    Kind::Symlink(t) => std::os::unix::fs::symlink(OsStr::from_bytes(t), &path).unwrap(),
+                }
+                let t = filetime::FileTime::from_unix_time(*secs, *nanos);
+                filetime::set_symlink_file_times(&path, t, t).unwrap();
+            }
+            // Directory times last, deepest first, so adding children does not move them.
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.0.as_os_str().len()));
+            for (p, secs, nanos) in dirs {
+                let t = filetime::FileTime::from_unix_time(secs, nanos);
+                filetime::set_file_times(&p, t, t).unwrap();
+            }
+            let archive = tmp.path().join("a.tar.zst");
+            let opts = super::write::WriteOptions {
+                sources: vec![src.clone()],
+                exclude: vec![],
+                skip_paths: vec![],
+                level: 1,
+                threads: 0,
+            };
+            let summary = super::write::write_archive(&opts, &archive, &mut |_| {}).unwrap();
+            prop_assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+            let target = tmp.path().join("restore");
+            let x = super::read::ExtractOptions {
+                target: target.clone(),
+                force: false,
+                only: None,
+                expected: Some((summary.archive_bytes, summary.archive_sha256.clone())),
+                owners: false,
+            };
+            super::read::extract(&archive, &x, &mut |_| {}).unwrap();
+            let restored = target.join(src.strip_prefix("/").unwrap());
+            prop_assert_eq!(snapshot(&src), snapshot(&restored));
+        }
+    }
+}

@@ -525,6 +525,32 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_shrinks_is_padded_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let mut file = File::open(&path).unwrap();
+        let mut seen = 0u64;
+        let mut progress = |n| seen += n;
+        // The header announced 20 bytes; the file now holds 10.
+        let mut body = FileBody {
+            file: &mut file,
+            remaining: 20,
+            short: false,
+            error: None,
+            progress: &mut progress,
+            buf: Vec::new(),
+        };
+        let mut out = Vec::new();
+        body.read_to_end(&mut out).unwrap();
+        assert!(body.short);
+        assert_eq!(out.len(), 20);
+        assert_eq!(&out[..10], b"0123456789");
+        assert!(out[10..].iter().all(|&b| b == 0));
+        assert_eq!(seen, 10);
+    }
+
+    #[test]
     fn pax_times() {
         assert_eq!(pax_time(5, 7), "5.000000007");
         assert_eq!(pax_time(-2, 500_000_000), "-1.500000000");

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{ARCHIVE_NAME, BackupKey, Listed, MANIFEST_NAME, ProgressFn, StoreError, ZoneStore};
+use super::{
+    ARCHIVE_NAME, BackupKey, Listed, ListedState, MANIFEST_NAME, ProgressFn, StoreError, ZoneStore,
+};
 use crate::archive::Manifest;
 use crate::domain::{BackupId, validate_host_id};
 
@@ -80,8 +82,12 @@ impl LocalStore {
                     host: host_name.clone(),
                     id,
                 };
-                let manifest = self.read_manifest_sync(&key).map_err(|e| e.to_string());
-                out.push(Listed { key, manifest });
+                let state = match self.read_manifest_sync(&key) {
+                    Ok(m) => ListedState::Committed(Box::new(m)),
+                    Err(StoreError::NotFound { .. }) => ListedState::Incomplete,
+                    Err(e) => ListedState::Unreadable(e.to_string()),
+                };
+                out.push(Listed { key, state });
             }
         }
         out.sort_by(|a, b| a.key.id.cmp(&b.key.id));

@@ -43,8 +43,19 @@ impl fmt::Display for BackupKey {
 pub struct Listed {
     /// Its address.
     pub key: BackupKey,
-    /// The manifest, when committed and readable.
-    pub manifest: Result<Manifest, String>,
+    /// What the folder holds.
+    pub state: ListedState,
+}
+
+/// What a backup folder in a zone holds.
+#[derive(Debug, Clone)]
+pub enum ListedState {
+    /// A committed backup: its manifest is present and readable.
+    Committed(Box<Manifest>),
+    /// No manifest: an upload that never finished.
+    Incomplete,
+    /// A manifest that cannot be read or does not match its folder; left alone.
+    Unreadable(String),
 }
 
 /// Whether retrying may help.
