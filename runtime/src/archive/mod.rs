@@ -129,6 +129,94 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A file writer that hashes, writes and flushes to disk on its own thread: the caller
+/// hands over 1 MiB buffers; the thread hashes them, writes them and calls `fdatasync`
+/// every 64 MiB, so the final `fsync` is short and the disk works while the caller
+/// compresses.
+#[derive(Debug)]
+pub struct BackgroundWriter {
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    handle: Option<std::thread::JoinHandle<io::Result<(std::fs::File, u64, String)>>>,
+}
+
+const BG_CHUNK: usize = 1 << 20;
+const BG_SYNC_EVERY: u64 = 64 << 20;
+
+impl BackgroundWriter {
+    /// Starts the writer thread on `file`.
+    pub fn new(mut file: std::fs::File) -> io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let handle = std::thread::Builder::new()
+            .name("tierkeep-write".into())
+            .spawn(move || -> io::Result<(std::fs::File, u64, String)> {
+                let mut hasher = Sha256::new();
+                let mut bytes = 0u64;
+                let mut unsynced = 0u64;
+                for chunk in rx {
+                    hasher.update(&chunk);
+                    file.write_all(&chunk)?;
+                    bytes += chunk.len() as u64;
+                    unsynced += chunk.len() as u64;
+                    if unsynced >= BG_SYNC_EVERY {
+                        file.sync_data()?;
+                        unsynced = 0;
+                    }
+                }
+                file.sync_all()?;
+                Ok((file, bytes, hex::encode(hasher.finalize())))
+            })?;
+        Ok(BackgroundWriter {
+            buf: Vec::with_capacity(BG_CHUNK),
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(BG_CHUNK));
+        let sent = self.tx.as_ref().map(|tx| tx.send(chunk).is_ok());
+        if sent == Some(true) {
+            Ok(())
+        } else {
+            // The thread stopped on an error: collect it.
+            self.tx = None;
+            match self.handle.take().map(std::thread::JoinHandle::join) {
+                Some(Ok(Err(e))) => Err(e),
+                _ => Err(io::Error::other("archive writer thread stopped")),
+            }
+        }
+    }
+
+    /// Flushes everything, fsyncs, and returns the file, its size and hex SHA-256.
+    pub fn finish(mut self) -> io::Result<(std::fs::File, u64, String)> {
+        self.send()?;
+        self.tx = None;
+        match self.handle.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            _ => Err(io::Error::other("archive writer thread panicked")),
+        }
+    }
+}
+
+impl Write for BackgroundWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = BG_CHUNK - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == BG_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A reader that hashes and counts every byte passing through it.
 #[derive(Debug)]
 pub struct HashingReader<R> {

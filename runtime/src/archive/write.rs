@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use tar::{EntryType, Header};
 
-use super::{ArchiveError, HashingWriter};
+use super::{ArchiveError, BackgroundWriter};
 
 /// What to put into an archive.
 #[derive(Debug, Clone)]
@@ -112,8 +112,8 @@ pub fn write_archive(
         source: io::Error::new(io::ErrorKind::InvalidInput, e),
     })?;
     let file = File::create(out).map_err(|e| ArchiveError::io("create", out, e))?;
-    let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let mut encoder = zstd::stream::write::Encoder::new(hashing, opts.level)
+    let sink = BackgroundWriter::new(file).map_err(|e| ArchiveError::io("write", out, e))?;
+    let mut encoder = zstd::stream::write::Encoder::new(sink, opts.level)
         .map_err(|e| ArchiveError::stream("zstd init", e))?;
     encoder
         .include_checksum(true)
@@ -139,15 +139,12 @@ pub fn write_archive(
         .tar
         .into_inner()
         .map_err(|e| ArchiveError::stream("finish tar", e))?;
-    let hashing = encoder
+    let sink = encoder
         .finish()
         .map_err(|e| ArchiveError::stream("finish zstd", e))?;
-    let (buffered, bytes, sha) = hashing.finish();
-    let file = buffered
-        .into_inner()
-        .map_err(|e| ArchiveError::io("write", out, e.into_error()))?;
-    file.sync_all()
-        .map_err(|e| ArchiveError::io("fsync", out, e))?;
+    let (_file, bytes, sha) = sink
+        .finish()
+        .map_err(|e| ArchiveError::io("write", out, e))?;
     let mut summary = w.summary;
     summary.archive_bytes = bytes;
     summary.archive_sha256 = sha;
@@ -249,7 +246,7 @@ impl<W: Write> Writer<'_, W> {
         link: Option<&[u8]>,
         data: &mut dyn Read,
     ) -> Result<(), ArchiveError> {
-        append_entry(&mut self.tar, header, md, name, link, data)?;
+        append_entry(&mut self.tar, header, md, name, link, data, &mut self.buf)?;
         self.summary.entries += 1;
         Ok(())
     }
@@ -323,11 +320,17 @@ impl<W: Write> Writer<'_, W> {
             short: false,
             error: None,
             progress: &mut *self.progress,
-            buf: std::mem::take(&mut self.buf),
         };
-        append_entry(&mut self.tar, header, &md, &name, None, &mut reader)?;
+        append_entry(
+            &mut self.tar,
+            header,
+            &md,
+            &name,
+            None,
+            &mut reader,
+            &mut self.buf,
+        )?;
         self.summary.entries += 1;
-        self.buf = std::mem::take(&mut reader.buf);
         if let Some(e) = reader.error.take() {
             return Err(ArchiveError::io("read", path, e));
         }
@@ -368,7 +371,6 @@ struct FileBody<'a> {
     short: bool,
     error: Option<io::Error>,
     progress: &'a mut dyn FnMut(u64),
-    buf: Vec<u8>,
 }
 
 impl Read for FileBody<'_> {
@@ -416,6 +418,7 @@ fn append_entry<W: Write>(
     name: &[u8],
     link: Option<&[u8]>,
     data: &mut dyn Read,
+    buf: &mut [u8],
 ) -> Result<(), ArchiveError> {
     let nsec = md.mtime_nsec();
     if nsec != 0 || md.mtime() < 0 {
@@ -443,8 +446,24 @@ fn append_entry<W: Write>(
         slot[..link.len().min(100)].copy_from_slice(&link[..link.len().min(100)]);
     }
     header.set_cksum();
-    tar.append(&header, data)
-        .map_err(|e| ArchiveError::stream("write", e))?;
+    // The body is streamed with our own large buffer (the tar crate copies 8 KiB at a
+    // time), then padded to the 512-byte block.
+    let w = tar.get_mut();
+    let err = |e| ArchiveError::stream("write", e);
+    w.write_all(header.as_bytes()).map_err(err)?;
+    let mut written = 0u64;
+    loop {
+        let n = match data.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(err(e)),
+        };
+        w.write_all(&buf[..n]).map_err(err)?;
+        written += n as u64;
+    }
+    let pad = ((512 - written % 512) % 512) as usize;
+    w.write_all(&[0u8; 512][..pad]).map_err(err)?;
     Ok(())
 }
 
@@ -539,7 +558,6 @@ mod tests {
             short: false,
             error: None,
             progress: &mut progress,
-            buf: Vec::new(),
         };
         let mut out = Vec::new();
         body.read_to_end(&mut out).unwrap();
