@@ -527,7 +527,7 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path, rss: Rs
     log(f"warm-up read took {warm.seconds:.2f} s")
 
     results: dict[str, dict[str, list[Run]]] = {
-        "backup": {"tierkeep": [], "reference": []},
+        "backup": {"tierkeep": [], "reference": [], "reference_fsync": []},
         "restore": {"tierkeep": [], "reference": []},
     }
     tk_archive: list[int] = []
@@ -539,6 +539,7 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path, rss: Rs
         rep_dir.mkdir()
         cfg = write_config(rep_dir, data)
         ref_out = rep_dir / "reference.tar.zst"
+        ref_fsync_out = rep_dir / "reference-fsync.tar.zst"
         tk_restore = rep_dir / "restore-tierkeep"
         ref_restore = rep_dir / "restore-reference"
         backup_id: str | None = None
@@ -569,6 +570,17 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path, rss: Rs
             ref_archive.append(ref_out.stat().st_size)
             results["backup"]["reference"].append(r)
 
+        def ref_backup_fsync() -> None:
+            # The same pipeline made as durable as a tierkeep backup: fsync the archive.
+            r = run_timed(
+                bash(
+                    f"tar -C / -cf - {shlex.quote(rel)} | zstd -T0 -3 -q -f -o {shlex.quote(str(ref_fsync_out))}"
+                    f" && sync {shlex.quote(str(ref_fsync_out))}"
+                ),
+                logs, f"rep{rep}-reference-fsync-backup", rss,
+            )
+            results["backup"]["reference_fsync"].append(r)
+
         def tk_restore_run() -> None:
             assert backup_id is not None
             tk_restore.mkdir()
@@ -593,11 +605,11 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path, rss: Rs
             rm_tree(ref_restore)
 
         steps = {
-            "backup": {"tierkeep": tk_backup, "reference": ref_backup},
+            "backup": {"tierkeep": tk_backup, "reference": ref_backup, "reference_fsync": ref_backup_fsync},
             "restore": {"tierkeep": tk_restore_run, "reference": ref_restore_run},
         }
         for op in ("backup", "restore"):
-            for who in order:
+            for who in order + (["reference_fsync"] if op == "backup" else []):
                 os.sync()  # flush the previous step's dirty pages outside the timed region
                 steps[op][who]()
                 last = results[op][who][-1]
@@ -606,7 +618,7 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path, rss: Rs
 
     # ---- report
     summary = {
-        op: {who: summarize(results[op][who]) for who in ("tierkeep", "reference")}
+        op: {who: summarize(runs) for who, runs in results[op].items()}
         for op in ("backup", "restore")
     }
     for op, s in summary.items():
@@ -615,6 +627,10 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path, rss: Rs
         s["ratio_reference_over_tierkeep"] = round(refm / tkm, 3) if tkm > 0 else None
         s["tierkeep"]["throughput_mib_s"] = round(src_mib / tkm, 1) if tkm > 0 else None
         s["reference"]["throughput_mib_s"] = round(src_mib / refm, 1) if refm > 0 else None
+        if "reference_fsync" in s:
+            fm = s["reference_fsync"]["median_seconds"]
+            s["ratio_reference_fsync_over_tierkeep"] = round(fm / tkm, 3) if tkm > 0 else None
+            s["reference_fsync"]["throughput_mib_s"] = round(src_mib / fm, 1) if fm > 0 else None
     tk_arch = statistics.median(tk_archive)
     ref_arch = statistics.median(ref_archive)
     notes = [
@@ -683,7 +699,19 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path, rss: Rs
             f"{s['tierkeep']['peak_rss_mib']:.1f}",
             f"{s['reference']['peak_rss_mib']:.1f}",
         ])
+    fs = summary["backup"]["reference_fsync"]
+    rows.append([
+        "backup vs +fsync",
+        f"{summary['backup']['tierkeep']['median_seconds']:.2f}",
+        f"{fs['median_seconds']:.2f}",
+        f"{summary['backup']['ratio_reference_fsync_over_tierkeep']:.2f}",
+        f"{summary['backup']['tierkeep']['throughput_mib_s']:.0f}",
+        f"{fs['throughput_mib_s']:.0f}",
+        f"{summary['backup']['tierkeep']['peak_rss_mib']:.1f}",
+        f"{fs['peak_rss_mib']:.1f}",
+    ])
     print(fmt_table(rows, right=set(range(1, 8))))
+    print("(backup vs +fsync: the reference pipeline followed by `sync OUT`, as durable as tierkeep's archive)")
     print("(ratio > 1 means tierkeep is faster; MiB/s is of source data)")
     print()
     print(
@@ -693,7 +721,7 @@ def bench(args: argparse.Namespace, tk: Path, data: Path, run_dir: Path, rss: Rs
     )
     print()
     for op in ("backup", "restore"):
-        for who in ("tierkeep", "reference"):
+        for who in sorted(k for k in summary[op] if not k.startswith("ratio")):
             secs = ", ".join(f"{x:.2f}" for x in summary[op][who]["seconds"])
             print(f"  {op:7s} {who:9s} runs: {secs}")
     print()

@@ -449,6 +449,14 @@ impl Extractor {
                 continue;
             }
             let name = entry.path_bytes().into_owned();
+            if name
+                .split(|&b| b == b'/')
+                .all(|c| c.is_empty() || c == b".")
+                && !name.is_empty()
+            {
+                // `./`: the target directory itself, as `tar -C dir .` writes it.
+                continue;
+            }
             let comps = safe_components(&name).map_err(|r| hostile(&name, r))?;
             if !self.wanted(&comps) {
                 continue;
