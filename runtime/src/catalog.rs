@@ -136,6 +136,8 @@ pub struct ReconcileReport {
     pub missing: Vec<String>,
     /// Backups found in more than one zone (the later zone is recorded).
     pub duplicates: Vec<String>,
+    /// Interrupted evictions completed in the catalog.
+    pub evicted: Vec<String>,
 }
 
 /// The catalog database.
@@ -462,6 +464,57 @@ impl Catalog {
         tx.commit().map_err(wrap)
     }
 
+    /// Records a committed move of a backup between zones (aging).
+    pub fn mark_moved(
+        &mut self,
+        id: &BackupId,
+        from: Zone,
+        to: Zone,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<(), CatalogError> {
+        let path = self.path.clone();
+        let wrap = |source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(wrap)?;
+        tx.execute(
+            "UPDATE backups SET zone = ?2, state = 'present', updated_at = ?3 WHERE id = ?1",
+            params![id.as_str(), to.as_str(), ts(now)],
+        )
+        .map_err(wrap)?;
+        event(
+            &tx,
+            now,
+            Some(id.as_str()),
+            "aged",
+            Some(from),
+            Some(to),
+            reason,
+        )
+        .map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
+    /// Records an event about a backup without changing its state (an intent such as
+    /// `evicting`, written before the step it announces).
+    pub fn note_backup(
+        &mut self,
+        id: &BackupId,
+        now: OffsetDateTime,
+        kind: &str,
+        zone: Option<Zone>,
+        reason: &str,
+    ) -> Result<(), CatalogError> {
+        event(&self.conn, now, Some(id.as_str()), kind, zone, None, reason)
+            .map(|_| ())
+            .map_err(|e| self.wrap(e))
+    }
+
     /// Records an outcome that concerns no stored backup (a failed or refused backup).
     pub fn note(
         &mut self,
@@ -641,6 +694,33 @@ impl Catalog {
         }
         for rec in present {
             if !by_id.contains_key(&rec.id) {
+                let last: Option<String> = tx
+                    .query_row(
+                        "SELECT kind FROM events WHERE backup_id = ?1 ORDER BY seq DESC LIMIT 1",
+                        [rec.id.as_str()],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(wrap)?;
+                if last.as_deref() == Some("evicting") {
+                    tx.execute(
+                        "UPDATE backups SET state = 'evicted', updated_at = ?2 WHERE id = ?1",
+                        params![rec.id.as_str(), ts(now)],
+                    )
+                    .map_err(wrap)?;
+                    event(
+                        &tx,
+                        now,
+                        Some(rec.id.as_str()),
+                        "evicted",
+                        Some(rec.zone),
+                        None,
+                        "finished an eviction that was interrupted after its delete",
+                    )
+                    .map_err(wrap)?;
+                    report.evicted.push(rec.id.to_string());
+                    continue;
+                }
                 tx.execute(
                     "UPDATE backups SET state = 'missing', updated_at = ?2 WHERE id = ?1",
                     params![rec.id.as_str(), ts(now)],

@@ -294,9 +294,9 @@ pub enum Admission {
     },
 }
 
-/// Decides where a new backup goes and whether it is admitted. The reserved zone is never
-/// made room in automatically; the black box is not either until aging exists (it will
-/// age its oldest backup early instead of refusing).
+/// Decides where a new manual backup goes and whether it is admitted: the reserved zone
+/// is never made room in automatically. (A scheduled backup into a full black box ages
+/// the oldest one early instead: see [`plan_room`].)
 pub fn admit_new_backup(kind: BackupKind, capacity: Capacity, usage: Usage) -> Admission {
     let zone = kind.home_zone();
     match capacity.admits(usage, 0) {
@@ -311,13 +311,68 @@ pub fn admit_new_backup(kind: BackupKind, capacity: Capacity, usage: Usage) -> A
                      or raise zones.reserved.max_backups / max_bytes"
                 }
                 BackupKind::Scheduled => {
-                    "the black box is full and this build cannot age backups out of it yet: \
-                     remove one with `tierkeep delete ID --yes` (see `tierkeep list --zone \
-                     black-box`), or raise zones.black_box.max_backups (at most 10)"
+                    "the black box is full and its oldest backups could not be aged out: \
+                     check the deletion zone, or remove a backup with `tierkeep delete ID --yes`"
                 }
             },
         },
     }
+}
+
+/// What the lifecycle rules need to know of one backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupView {
+    /// Its id (ids sort by creation time).
+    pub id: BackupId,
+    /// When it was created.
+    pub created_at: OffsetDateTime,
+    /// Its archive size.
+    pub size_bytes: u64,
+}
+
+/// Aging (the demotion module), by the built-in rules: every black-box backup that has
+/// been there for T2 or longer, oldest first.
+pub fn plan_aging(
+    schedule: &Schedule,
+    now: OffsetDateTime,
+    black_box: &[BackupView],
+) -> Vec<BackupId> {
+    let mut due: Vec<&BackupView> = black_box
+        .iter()
+        .filter(|b| now - b.created_at >= schedule.aging)
+        .collect();
+    due.sort_by(|a, b| a.id.cmp(&b.id));
+    due.into_iter().map(|b| b.id.clone()).collect()
+}
+
+/// Which backups must leave a zone, oldest first, so that it holds `incoming` more
+/// backups (and `incoming_bytes` more bytes) within `capacity`. Used for eviction from
+/// the deletion zone (the purge module: the earliest goes first) and for early aging
+/// out of a full black box.
+pub fn plan_room(
+    capacity: Capacity,
+    present: &[BackupView],
+    incoming: u64,
+    incoming_bytes: u64,
+) -> Vec<BackupId> {
+    let mut sorted: Vec<&BackupView> = present.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut count = sorted.len() as u64;
+    let mut bytes: u64 = sorted.iter().map(|b| b.size_bytes).sum();
+    let mut out = Vec::new();
+    for b in sorted {
+        let over_count = count + incoming > capacity.max_backups;
+        let over_bytes = capacity
+            .max_bytes
+            .is_some_and(|max| bytes.saturating_add(incoming_bytes) > max);
+        if !over_count && !over_bytes {
+            break;
+        }
+        out.push(b.id.clone());
+        count -= 1;
+        bytes -= b.size_bytes;
+    }
+    out
 }
 
 /// The schedule handed to every policy: T1 and T2.
@@ -579,6 +634,61 @@ mod tests {
                 10
             )
             .is_ok()
+        );
+    }
+
+    fn view(id_ms: u16, at: OffsetDateTime, size: u64) -> BackupView {
+        BackupView {
+            id: BackupId::new(
+                at + Duration::from_millis(u64::from(id_ms)),
+                u64::from(id_ms),
+            ),
+            created_at: at,
+            size_bytes: size,
+        }
+    }
+
+    #[test]
+    fn aging_takes_what_is_older_than_t2_oldest_first() {
+        let s = Schedule {
+            interval: Duration::from_secs(3600),
+            aging: Duration::from_secs(3 * 3600),
+        };
+        let now = datetime!(2026-11-25 12:00 UTC);
+        let bb = vec![
+            view(3, datetime!(2026-11-25 11:00 UTC), 1),
+            view(1, datetime!(2026-11-25 08:00 UTC), 1),
+            view(2, datetime!(2026-11-25 09:00 UTC), 1),
+        ];
+        assert_eq!(
+            plan_aging(&s, now, &bb),
+            vec![bb[1].id.clone(), bb[2].id.clone()]
+        );
+        assert!(plan_aging(&s, datetime!(2026-11-25 10:59 UTC), &bb).is_empty());
+    }
+
+    #[test]
+    fn room_is_made_earliest_first_by_count_and_bytes() {
+        let t = datetime!(2026-11-25 00:00 UTC);
+        let zone = vec![view(2, t, 50), view(1, t, 10), view(3, t, 40)];
+        let cap = Capacity {
+            max_backups: 3,
+            max_bytes: None,
+        };
+        assert!(plan_room(cap, &zone, 0, 0).is_empty());
+        assert_eq!(plan_room(cap, &zone, 1, 0), vec![zone[1].id.clone()]);
+        assert_eq!(
+            plan_room(cap, &zone, 2, 0),
+            vec![zone[1].id.clone(), zone[0].id.clone()]
+        );
+        let cap = Capacity {
+            max_backups: 10,
+            max_bytes: Some(100),
+        };
+        // 100 bytes present; 30 more need the two earliest (10 + 50) to go.
+        assert_eq!(
+            plan_room(cap, &zone, 1, 30),
+            vec![zone[1].id.clone(), zone[0].id.clone()]
         );
     }
 

@@ -24,6 +24,8 @@ pub mod archive;
 pub mod catalog;
 pub mod config;
 pub mod domain;
+pub mod faults;
+pub mod lifecycle;
 pub mod ops;
 pub mod progress;
 pub mod store;

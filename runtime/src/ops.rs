@@ -14,14 +14,14 @@ use crate::archive::read::{
 };
 use crate::archive::write::{WriteOptions, estimate, write_archive};
 use crate::archive::{ArchiveError, MANIFEST_FORMAT, Manifest, hash_file};
-use crate::catalog::{Catalog, CatalogError, ReconcileReport, Record, State};
+use crate::catalog::{Catalog, CatalogError, Record, State};
 use crate::config::Settings;
 use crate::domain::{
     Admission, BackupId, BackupKind, Capacity, Usage, Zone, admit_new_backup, format_size,
     next_scheduled,
 };
 use crate::progress::Progress;
-use crate::store::{self, BackupKey, ListedState, StoreError, ZoneStore};
+use crate::store::{self, BackupKey, StoreError, ZoneStore};
 
 /// Errors of operations, each mapped to an exit status.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +67,12 @@ pub enum OpsError {
         #[source]
         source: std::io::Error,
     },
-    /// A background task died.
+    /// A background task died, or an internal rule was about to be broken.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A fault injected by a test (`TIERKEEP_FAULTS`).
+    #[error(transparent)]
+    Fault(#[from] crate::faults::InjectedFault),
 }
 
 impl OpsError {
@@ -295,7 +298,11 @@ impl Tierkeep {
         let mut catalog = self.catalog()?;
         let zone = kind.home_zone();
         let zs = self.settings.zone(zone);
-        self.sweep(&mut catalog, zone, now).await?;
+        self.recover(&mut catalog, now).await?;
+        if kind == BackupKind::Scheduled {
+            self.make_room_in_black_box(&mut catalog, 1, now, progress)
+                .await?;
+        }
         let usage = catalog.usage(zone)?;
         if let Admission::Refuse {
             zone,
@@ -354,46 +361,6 @@ impl Tierkeep {
                 Err(e)
             }
         }
-    }
-
-    /// Repairs what an interrupted run may have left in `zone` (call under the host lock,
-    /// so nothing is under way): stale staging files and incomplete uploads are removed,
-    /// committed backups the catalog does not know are added to it.
-    async fn sweep(
-        &self,
-        catalog: &mut Catalog,
-        zone: Zone,
-        now: OffsetDateTime,
-    ) -> Result<(), OpsError> {
-        let store = self.store(zone);
-        let mut removed = Vec::new();
-        if let Some(staging) = store.staging_dir() {
-            remove_partials(&staging, &mut removed);
-        }
-        remove_partials(&self.settings.data_dir.join("staging"), &mut removed);
-        for listed in store.list().await? {
-            if listed.key.host != self.settings.host_id {
-                continue;
-            }
-            match listed.state {
-                ListedState::Committed(m) => {
-                    if catalog.discover(&m, zone, now)? {
-                        tracing::warn!(id = %m.id, zone = %zone, "found a committed backup missing from the catalog; added it");
-                    }
-                }
-                ListedState::Incomplete => {
-                    store.remove_incomplete(&listed.key).await?;
-                    removed.push(format!("{zone}: {}", listed.key));
-                }
-                ListedState::Unreadable(reason) => {
-                    tracing::warn!(key = %listed.key, zone = %zone, "unreadable manifest left alone: {reason}");
-                }
-            }
-        }
-        for r in removed {
-            tracing::info!("removed what an interrupted run left: {r}");
-        }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -723,46 +690,16 @@ impl Tierkeep {
         Ok(rec)
     }
 
-    /// Rebuilds the catalog from the zones' manifests, removing incomplete uploads and
-    /// stale staging files (under the host lock, so no backup is under way).
-    pub async fn rebuild_catalog(&self, now: OffsetDateTime) -> Result<RebuildReport, OpsError> {
+    /// Rebuilds the catalog from the zones' manifests (recovery: incomplete uploads and
+    /// stale staging files are removed and interrupted moves finished, under the host
+    /// lock so no backup is under way).
+    pub async fn rebuild_catalog(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<crate::lifecycle::RecoveryReport, OpsError> {
         let _lock = self.lock().await?;
-        let mut found = Vec::new();
-        let mut incomplete = Vec::new();
-        let mut unreadable = Vec::new();
-        for zone in Zone::ALL {
-            let store = self.store(zone);
-            for listed in store.list().await? {
-                if listed.key.host != self.settings.host_id {
-                    continue;
-                }
-                match listed.state {
-                    ListedState::Committed(m) => found.push((zone, *m)),
-                    ListedState::Incomplete => {
-                        store.remove_incomplete(&listed.key).await?;
-                        incomplete.push(format!("{zone}: {}", listed.key));
-                    }
-                    ListedState::Unreadable(reason) => {
-                        unreadable.push(format!("{zone}: {}: {reason}", listed.key));
-                    }
-                }
-            }
-            if let Some(staging) = store.staging_dir() {
-                remove_partials(&staging, &mut incomplete);
-            }
-        }
-        remove_partials(&self.settings.data_dir.join("staging"), &mut incomplete);
         let mut catalog = self.catalog()?;
-        let report = catalog.reconcile(&self.settings.host_id, &found, now)?;
-        for d in &report.duplicates {
-            tracing::warn!(id = %d, "backup found in two zones; the later zone is recorded");
-        }
-        Ok(RebuildReport {
-            backups: found.len(),
-            reconcile: report,
-            removed_incomplete: incomplete,
-            unreadable,
-        })
+        self.recover(&mut catalog, now).await
     }
 
     /// Zones, next backup, last result.
@@ -803,21 +740,7 @@ impl Tierkeep {
     }
 }
 
-/// What `catalog rebuild` did.
-#[derive(Debug, Clone, Serialize)]
-pub struct RebuildReport {
-    /// Committed backups found in the zones.
-    pub backups: usize,
-    /// Catalog changes.
-    #[serde(flatten)]
-    pub reconcile: ReconcileReport,
-    /// Incomplete uploads and staging files removed.
-    pub removed_incomplete: Vec<String>,
-    /// Manifests that could not be read (left alone).
-    pub unreadable: Vec<String>,
-}
-
-fn remove_partials(dir: &Path, removed: &mut Vec<String>) {
+pub(crate) fn remove_partials(dir: &Path, removed: &mut Vec<String>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let p = e.path();

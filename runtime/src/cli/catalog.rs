@@ -47,11 +47,14 @@ pub async fn run(g: &Global, c: CatalogCommand) -> Result<ExitCode> {
                 println!(
                     "catalog rebuilt from the zones: {} backups found, {} added, {} corrected, {} missing",
                     r.backups,
-                    r.reconcile.discovered.len(),
-                    r.reconcile.moved.len(),
-                    r.reconcile.missing.len()
+                    r.catalog.discovered.len(),
+                    r.catalog.moved.len(),
+                    r.catalog.missing.len()
                 );
-                for m in &r.reconcile.missing {
+                for m in &r.finished_moves {
+                    println!("finished an interrupted move: {m}");
+                }
+                for m in &r.catalog.missing {
                     println!("missing: {m} (recorded, but no zone holds it)");
                 }
                 for i in &r.removed_incomplete {

@@ -9,6 +9,7 @@ mod export;
 mod list;
 mod restore;
 mod status;
+mod tick;
 mod verify;
 
 use std::path::PathBuf;
@@ -65,6 +66,8 @@ pub enum Command {
     Backup(backup::BackupArgs),
     /// List backups, newest first.
     List(list::ListArgs),
+    /// One pass of aging and eviction (with recovery), then exit.
+    Tick(tick::TickArgs),
     /// Zones' usage and capacity, next backup, last result, policy.
     Status(status::StatusArgs),
     /// Restore a backup (black box in place; other zones are exported first).
@@ -189,6 +192,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup::run(g, a).await,
         Command::List(a) => list::run(g, a).await,
         Command::Status(a) => status::run(g, a).await,
+        Command::Tick(a) => tick::run(g, a).await,
         Command::Restore(a) => restore::run(g, a).await,
         Command::Export(a) => export::run(g, a).await,
         Command::Verify(a) => verify::run(g, a).await,

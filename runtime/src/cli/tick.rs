@@ -1,0 +1,45 @@
+//! `tierkeep tick`: one pass of aging and eviction, then exit (cron, tests).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{Global, now, print_json};
+
+#[derive(Debug, Args)]
+pub struct TickArgs {
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(g: &Global, a: TickArgs) -> Result<ExitCode> {
+    let tk = g.open(false)?;
+    let progress = g.progress(a.json);
+    let report = tk.tick(now(), &progress).await?;
+    if a.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r = &report.recovery;
+    for id in &r.finished_moves {
+        println!("finished an interrupted move: {id}");
+    }
+    for i in &r.removed_incomplete {
+        println!("removed incomplete: {i}");
+    }
+    for id in &r.catalog.missing {
+        println!("MISSING: {id} is recorded in the catalog but no zone holds it");
+    }
+    for id in &report.aged {
+        println!("aged: {id} -> deletion");
+    }
+    for id in &report.evicted {
+        println!("evicted: {id} (deletion zone full)");
+    }
+    if report.aged.is_empty() && report.evicted.is_empty() {
+        println!("nothing to age or evict");
+    }
+    Ok(ExitCode::SUCCESS)
+}

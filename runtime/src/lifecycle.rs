@@ -1,0 +1,375 @@
+//! The lifecycle between zones: the demotion module (aging: black box → deletion zone),
+//! the purge module (eviction from the deletion zone) and recovery after an interrupted
+//! run. Decisions come from [`crate::domain`] (the built-in rules); this module executes
+//! them so that a crash at any step leaves every backup restorable:
+//!
+//! - a move uploads, verifies, commits (manifest last) and records the move in the
+//!   catalog *before* it removes the black-box copy;
+//! - an eviction records its intent in the catalog before it deletes;
+//! - [`Tierkeep::recover`] finishes moves that were committed (removing the black-box
+//!   copy), drops uploads that were not (the black-box copy stays), completes
+//!   interrupted evictions in the catalog and re-reads everything else from the zones.
+//!
+//! Every step passes a named fault point ([`crate::faults`]).
+
+use std::collections::HashMap;
+use std::fs;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::archive::{ArchiveError, hash_file};
+use crate::catalog::{Catalog, ReconcileReport, Record, State};
+use crate::domain::{BackupView, Zone, format_duration, plan_aging, plan_room};
+use crate::faults;
+use crate::ops::{OpsError, Tierkeep};
+use crate::progress::Progress;
+use crate::store::{BackupKey, ListedState, StoreError};
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoveryReport {
+    /// Moves committed in the deletion zone whose black-box copy was then removed.
+    pub finished_moves: Vec<String>,
+    /// Incomplete uploads and stale staging files removed.
+    pub removed_incomplete: Vec<String>,
+    /// Manifests that could not be read (left alone).
+    pub unreadable: Vec<String>,
+    /// Committed backups found in the zones.
+    pub backups: usize,
+    /// How the catalog was brought in line.
+    #[serde(flatten)]
+    pub catalog: ReconcileReport,
+}
+
+/// What one pass of aging and eviction did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TickReport {
+    /// Recovery at the start of the pass.
+    pub recovery: RecoveryReport,
+    /// Backups moved from the black box to the deletion zone.
+    pub aged: Vec<String>,
+    /// Backups evicted from the deletion zone.
+    pub evicted: Vec<String>,
+}
+
+fn views(records: &[Record]) -> Vec<BackupView> {
+    records
+        .iter()
+        .map(|r| BackupView {
+            id: r.id.clone(),
+            created_at: r.created_at,
+            size_bytes: r.size_bytes,
+        })
+        .collect()
+}
+
+impl Tierkeep {
+    fn key_of(&self, rec: &Record) -> BackupKey {
+        BackupKey {
+            host: rec.host_id.clone(),
+            id: rec.id.clone(),
+        }
+    }
+
+    /// Brings zones and catalog back to a consistent state after an interrupted run.
+    /// Call under the host lock.
+    pub async fn recover(
+        &self,
+        catalog: &mut Catalog,
+        now: OffsetDateTime,
+    ) -> Result<RecoveryReport, OpsError> {
+        let mut report = RecoveryReport::default();
+        let mut committed: HashMap<Zone, Vec<crate::archive::Manifest>> = HashMap::new();
+        for zone in Zone::ALL {
+            let store = self.store(zone);
+            if let Some(staging) = store.staging_dir() {
+                crate::ops::remove_partials(&staging, &mut report.removed_incomplete);
+            }
+            for listed in store.list().await? {
+                if listed.key.host != self.settings.host_id {
+                    continue;
+                }
+                match listed.state {
+                    ListedState::Committed(m) => committed.entry(zone).or_default().push(*m),
+                    ListedState::Incomplete => {
+                        store.remove_incomplete(&listed.key).await?;
+                        report
+                            .removed_incomplete
+                            .push(format!("{zone}: {}", listed.key));
+                    }
+                    ListedState::Unreadable(reason) => {
+                        tracing::warn!(key = %listed.key, zone = %zone, "unreadable manifest left alone: {reason}");
+                        report
+                            .unreadable
+                            .push(format!("{zone}: {}: {reason}", listed.key));
+                    }
+                }
+            }
+        }
+        crate::ops::remove_partials(
+            &self.settings.data_dir.join("staging"),
+            &mut report.removed_incomplete,
+        );
+        // A backup committed in both the black box and the deletion zone is a move
+        // interrupted after its commit: the deletion copy was verified before it was
+        // committed, so the black-box copy goes now.
+        let in_deletion: std::collections::HashSet<_> = committed
+            .get(&Zone::Deletion)
+            .map(|v| v.iter().map(|m| m.id.clone()).collect())
+            .unwrap_or_default();
+        if let Some(bb) = committed.get_mut(&Zone::BlackBox) {
+            let mut kept = Vec::new();
+            for m in bb.drain(..) {
+                if in_deletion.contains(&m.id) {
+                    let key = BackupKey {
+                        host: m.host_id.clone(),
+                        id: m.id.clone(),
+                    };
+                    match self.store(Zone::BlackBox).delete(&key).await {
+                        Ok(()) | Err(StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    tracing::info!(id = %m.id, "finished an interrupted move: removed the black-box copy");
+                    report.finished_moves.push(m.id.to_string());
+                } else {
+                    kept.push(m);
+                }
+            }
+            *bb = kept;
+        }
+        let found: Vec<(Zone, crate::archive::Manifest)> = committed
+            .into_iter()
+            .flat_map(|(z, ms)| ms.into_iter().map(move |m| (z, m)))
+            .collect();
+        report.backups = found.len();
+        report.catalog = catalog.reconcile(&self.settings.host_id, &found, now)?;
+        for id in &report.catalog.missing {
+            tracing::error!(id = %id, "a backup recorded in the catalog is in no zone");
+        }
+        for id in &report.catalog.discovered {
+            tracing::warn!(id = %id, "found a committed backup missing from the catalog; added it");
+        }
+        for r in &report.removed_incomplete {
+            tracing::info!("removed what an interrupted run left: {r}");
+        }
+        Ok(report)
+    }
+
+    /// Evicts a deletion-zone backup: intent recorded, object deleted, state recorded.
+    pub(crate) async fn evict(
+        &self,
+        catalog: &mut Catalog,
+        rec: &Record,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<(), OpsError> {
+        if rec.zone != Zone::Deletion || rec.state != State::Present {
+            return Err(OpsError::Internal(format!(
+                "refusing to evict {} from the {} zone: eviction only removes deletion-zone backups",
+                rec.id, rec.zone
+            )));
+        }
+        catalog.note_backup(&rec.id, now, "evicting", Some(Zone::Deletion), reason)?;
+        faults::point("evict.after_intent")?;
+        match self.store(Zone::Deletion).delete(&self.key_of(rec)).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        faults::point("evict.after_delete")?;
+        catalog.mark_removed(&rec.id, Zone::Deletion, State::Evicted, now, reason)?;
+        tracing::info!(id = %rec.id, "evicted from the deletion zone: {reason}");
+        Ok(())
+    }
+
+    /// Evicts the earliest deletion-zone backups until `incoming` more (of
+    /// `incoming_bytes`) fit. Returns the evicted ids.
+    pub(crate) async fn make_room_in_deletion(
+        &self,
+        catalog: &mut Catalog,
+        incoming: u64,
+        incoming_bytes: u64,
+        now: OffsetDateTime,
+    ) -> Result<Vec<String>, OpsError> {
+        let present = catalog.list(Some(Zone::Deletion))?;
+        let cap = self.settings.zone(Zone::Deletion).capacity;
+        let plan = plan_room(cap, &views(&present), incoming, incoming_bytes);
+        let mut out = Vec::new();
+        for id in plan {
+            let Some(rec) = present.iter().find(|r| r.id == id) else {
+                continue;
+            };
+            let reason = format!(
+                "deletion zone full ({} of {} backups): the earliest is evicted first",
+                present.len(),
+                cap.max_backups
+            );
+            self.evict(catalog, rec, now, &reason).await?;
+            out.push(id.to_string());
+        }
+        Ok(out)
+    }
+
+    /// Moves a black-box backup to the deletion zone: upload, verify, commit, record in
+    /// the catalog, then remove the local copy.
+    pub(crate) async fn move_to_deletion(
+        &self,
+        catalog: &mut Catalog,
+        rec: &Record,
+        now: OffsetDateTime,
+        reason: &str,
+        progress: &Progress,
+    ) -> Result<(), OpsError> {
+        let key = self.key_of(rec);
+        let src = self.store(Zone::BlackBox).clone();
+        let dst = self.store(Zone::Deletion).clone();
+        let result: Result<(), OpsError> = async {
+            faults::point("move.before_upload")?;
+            let local = src
+                .local_archive(&key)
+                .ok_or_else(|| OpsError::Internal("the black box must be a local zone".into()))?;
+            progress.phase("aging", rec.size_bytes);
+            dst.put_archive(&key, &local, progress.callback()).await?;
+            faults::point("move.after_upload")?;
+            self.verify_copy(rec, &key, progress).await?;
+            faults::point("move.after_verify")?;
+            dst.put_manifest(&rec.manifest).await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            // Not committed: drop the partial upload; the black-box copy is untouched.
+            if let Err(clean) = dst.remove_incomplete(&key).await
+                && !matches!(clean, StoreError::NotFound { .. })
+            {
+                tracing::warn!("could not remove the incomplete upload of {key}: {clean}");
+            }
+            return Err(e);
+        }
+        faults::point("move.after_commit")?;
+        catalog.mark_moved(&rec.id, Zone::BlackBox, Zone::Deletion, now, reason)?;
+        faults::point("move.after_catalog")?;
+        src.delete(&key).await?;
+        faults::point("move.after_remove")?;
+        tracing::info!(id = %rec.id, "aged into the deletion zone: {reason}");
+        Ok(())
+    }
+
+    /// Re-reads the uploaded copy in the deletion zone and compares it with the manifest.
+    async fn verify_copy(
+        &self,
+        rec: &Record,
+        key: &BackupKey,
+        progress: &Progress,
+    ) -> Result<(), OpsError> {
+        let dst = self.store(Zone::Deletion);
+        let (path, fetched) = match dst.local_archive(key) {
+            Some(p) => (p, false),
+            None => {
+                let dir = self.settings.data_dir.join("staging");
+                fs::create_dir_all(&dir).map_err(|source| OpsError::Io {
+                    what: "create",
+                    path: dir.clone(),
+                    source,
+                })?;
+                let dest = dir.join(format!("{}.verify.partial", rec.id));
+                dst.fetch_archive(key, &dest, progress.callback()).await?;
+                (dest, true)
+            }
+        };
+        let check = path.clone();
+        let actual = tokio::task::spawn_blocking(move || hash_file(&check, &mut |_| {}))
+            .await
+            .map_err(|e| OpsError::Internal(e.to_string()))?;
+        if fetched {
+            let _ = fs::remove_file(&path);
+        }
+        let actual = actual?;
+        if actual.0 != rec.size_bytes || !actual.1.eq_ignore_ascii_case(&rec.sha256) {
+            return Err(ArchiveError::Mismatch {
+                expected_bytes: rec.size_bytes,
+                expected_sha256: rec.sha256.clone(),
+                actual_bytes: actual.0,
+                actual_sha256: actual.1,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Ages black-box backups out early until `incoming` more fit in the black box.
+    pub(crate) async fn make_room_in_black_box(
+        &self,
+        catalog: &mut Catalog,
+        incoming: u64,
+        now: OffsetDateTime,
+        progress: &Progress,
+    ) -> Result<(Vec<String>, Vec<String>), OpsError> {
+        let present = catalog.list(Some(Zone::BlackBox))?;
+        let cap = self.settings.zone(Zone::BlackBox).capacity;
+        let plan = plan_room(cap, &views(&present), incoming, 0);
+        let mut aged = Vec::new();
+        let mut evicted = Vec::new();
+        for id in plan {
+            let Some(rec) = present.iter().find(|r| r.id == id) else {
+                continue;
+            };
+            evicted.extend(
+                self.make_room_in_deletion(catalog, 1, rec.size_bytes, now)
+                    .await?,
+            );
+            let reason = format!(
+                "black box full ({} of {} backups): aged early to make room for a new backup",
+                present.len(),
+                cap.max_backups
+            );
+            self.move_to_deletion(catalog, rec, now, &reason, progress)
+                .await?;
+            aged.push(id.to_string());
+        }
+        Ok((aged, evicted))
+    }
+
+    /// One pass of the lifecycle: recovery, aging of what has been in the black box for
+    /// T2, and eviction of what no longer fits in the deletion zone.
+    pub async fn tick(
+        &self,
+        now: OffsetDateTime,
+        progress: &Progress,
+    ) -> Result<TickReport, OpsError> {
+        let _lock = self.lock().await?;
+        let mut catalog = self.catalog()?;
+        let mut report = TickReport {
+            recovery: self.recover(&mut catalog, now).await?,
+            ..TickReport::default()
+        };
+        let bb = catalog.list(Some(Zone::BlackBox))?;
+        let schedule = self.settings.schedule;
+        for id in plan_aging(&schedule, now, &views(&bb)) {
+            let Some(rec) = bb.iter().find(|r| r.id == id) else {
+                continue;
+            };
+            report.evicted.extend(
+                self.make_room_in_deletion(&mut catalog, 1, rec.size_bytes, now)
+                    .await?,
+            );
+            let reason = format!(
+                "in the black box for {} (T2 = {})",
+                format_duration(
+                    (now - rec.created_at)
+                        .try_into()
+                        .unwrap_or(std::time::Duration::ZERO)
+                ),
+                format_duration(schedule.aging)
+            );
+            self.move_to_deletion(&mut catalog, rec, now, &reason, progress)
+                .await?;
+            report.aged.push(id.to_string());
+        }
+        report
+            .evicted
+            .extend(self.make_room_in_deletion(&mut catalog, 0, 0, now).await?);
+        progress.finish();
+        Ok(report)
+    }
+}

@@ -1,0 +1,244 @@
+//! Zones and the lifecycle between them: aging (early, when the black box is full, and
+//! after T2), eviction of the earliest deletion-zone backup, restore from the deletion
+//! zone, and crash safety — the process is killed for real (SIGABRT) at every step of a
+//! move and of an eviction, and the next run must leave every backup restorable from
+//! exactly one zone or recorded as evicted.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+
+use support::{Host, assert_same_tree, entry_of, make_tree};
+
+/// Ids with a committed manifest in a local zone.
+fn committed(host: &Host, zone: &str) -> Vec<String> {
+    let dir = host.data().join(zone).join("test-host");
+    let mut out: Vec<String> = fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("manifest.json").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn ids(list: &[serde_json::Value]) -> Vec<String> {
+    let mut v: Vec<String> = list
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every zone's committed backups agree with the catalog, and no backup is in two zones.
+fn assert_consistent(host: &Host) {
+    let mut seen = std::collections::HashSet::new();
+    for zone in ["black-box", "deletion", "reserved"] {
+        let in_zone = committed(host, zone);
+        assert_eq!(
+            ids(&host.list(Some(zone))),
+            in_zone,
+            "catalog and {zone} zone disagree"
+        );
+        for id in in_zone {
+            assert!(seen.insert(id.clone()), "{id} is in two zones");
+        }
+        let leftovers: Vec<_> = fs::read_dir(host.data().join(zone).join("test-host"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| !e.path().join("manifest.json").is_file())
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            leftovers.is_empty(),
+            "incomplete uploads left in {zone}: {leftovers:?}"
+        );
+    }
+    let history = host.ok(&["catalog", "history", "--limit", "1000"]);
+    assert!(
+        !history.contains("missing"),
+        "a backup went missing:\n{history}"
+    );
+}
+
+fn restore_and_compare(host: &Host, id: &str, src: &Path) -> String {
+    let target = host.root().join(format!("restore-{id}"));
+    let out = host.ok(&["restore", id, "--to", target.to_str().expect("utf8")]);
+    assert_same_tree(src, &target.join(entry_of(src)));
+    fs::remove_dir_all(&target).expect("cleanup");
+    out
+}
+
+#[test]
+fn aging_eviction_and_restore_from_the_deletion_zone() {
+    let host = Host::new(
+        "[zones.black_box]\nmax_backups = 1\n[zones.deletion]\nmax_backups = 2\n\
+         [zones.reserved]\nmax_backups = 1\n",
+    );
+    make_tree(&host.src());
+    let manual = host.backup(&["--manual", "--label", "keep"]);
+    let a = host.backup(&[]);
+    let b = host.backup(&[]); // ages a early
+    let c = host.backup(&[]); // ages b early
+    let d = host.backup(&[]); // deletion full: evicts a (the earliest), then ages c
+    let id = |v: &serde_json::Value| v["id"].as_str().expect("id").to_owned();
+    assert_eq!(committed(&host, "black-box"), vec![id(&d)]);
+    assert_eq!(committed(&host, "deletion"), vec![id(&b), id(&c)]);
+    assert_eq!(committed(&host, "reserved"), vec![id(&manual)]);
+    assert_consistent(&host);
+
+    let trail = host.ok(&["catalog", "history", &id(&a)]);
+    assert!(
+        trail.contains("evicted") && trail.contains("earliest"),
+        "{trail}"
+    );
+    assert!(
+        trail.contains("aged") && trail.contains("black box full"),
+        "{trail}"
+    );
+    host.fails(&["restore", &id(&a), "--to", "/tmp/never"], 3);
+
+    // Restore from the deletion zone exports and verifies first, and is bit-identical.
+    let out = restore_and_compare(&host, &id(&b), &host.src());
+    assert!(out.contains("exported and verified first"), "{out}");
+    // `export` from the deletion zone restores with standard tools.
+    let file = host.root().join("b.tar.zst");
+    host.ok(&["export", &id(&b), "--to", file.to_str().expect("utf8")]);
+    let target = host.root().join("by-tar");
+    fs::create_dir(&target).expect("mkdir");
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("zstd -d -q < \"$1\" | tar -x -C \"$2\"")
+        .arg("sh")
+        .arg(&file)
+        .arg(&target)
+        .status()
+        .expect("zstd | tar");
+    assert!(st.success());
+    assert_same_tree(&host.src(), &target.join(entry_of(&host.src())));
+
+    // tick never touches the reserved zone, and has nothing else to do before T2.
+    host.ok(&["tick"]);
+    assert_eq!(committed(&host, "reserved"), vec![id(&manual)]);
+}
+
+#[test]
+fn tick_ages_after_t2() {
+    let host = Host::new(
+        "[schedule]\ninterval = \"1s\"\naging = \"2s\"\n[zones.black_box]\nmax_backups = 5\n",
+    );
+    fs::write(host.src().join("f"), b"data").expect("write");
+    let a = host.backup(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = host.ok(&["tick", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["aged"][0], a["id"], "{out}");
+    assert_eq!(
+        ids(&host.list(Some("deletion"))),
+        vec![a["id"].as_str().expect("id").to_owned()]
+    );
+    let trail = host.ok(&["catalog", "history", a["id"].as_str().expect("id")]);
+    assert!(trail.contains("T2 = 2s"), "{trail}");
+    assert_consistent(&host);
+}
+
+#[test]
+fn a_kill_at_any_step_of_a_move_loses_nothing() {
+    for point in tierkeep::faults::MOVE_POINTS {
+        let host = Host::new("[zones.black_box]\nmax_backups = 1\n");
+        make_tree(&host.src());
+        let a = host.backup(&[]);
+        let a_id = a["id"].as_str().expect("id").to_owned();
+        // The next scheduled backup must age `a` early; kill it at `point`.
+        let out = host
+            .cmd(&["backup"])
+            .env("TIERKEEP_FAULTS", format!("{point}=kill"))
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.signal(),
+            Some(6),
+            "{point}: expected SIGABRT, got {:?}",
+            out.status
+        );
+        // Recovery on the next run.
+        host.ok(&["tick"]);
+        assert_consistent(&host);
+        let holding: Vec<&str> = ["black-box", "deletion"]
+            .into_iter()
+            .filter(|z| committed(&host, z).contains(&a_id))
+            .collect();
+        assert_eq!(holding.len(), 1, "{point}: {a_id} is in {holding:?}");
+        restore_and_compare(&host, &a_id, &host.src());
+        // And the work goes on: a later backup ages `a` if it is still in the black box.
+        let b = host.backup(&[]);
+        assert_eq!(committed(&host, "deletion"), vec![a_id.clone()], "{point}");
+        assert_eq!(
+            committed(&host, "black-box"),
+            vec![b["id"].as_str().expect("id").to_owned()]
+        );
+        assert_consistent(&host);
+    }
+}
+
+#[test]
+fn a_failed_step_before_commit_keeps_the_black_box_copy() {
+    for point in [
+        "move.before_upload",
+        "move.after_upload",
+        "move.after_verify",
+    ] {
+        let host = Host::new("[zones.black_box]\nmax_backups = 1\n");
+        fs::write(host.src().join("f"), b"data").expect("write");
+        let a = host.backup(&[]);
+        let out = host
+            .cmd(&["backup"])
+            .env("TIERKEEP_FAULTS", format!("{point}=error"))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{point}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("injected fault"));
+        let a_id = a["id"].as_str().expect("id").to_owned();
+        assert_eq!(committed(&host, "black-box"), vec![a_id], "{point}");
+        assert!(committed(&host, "deletion").is_empty(), "{point}");
+        assert_consistent(&host);
+    }
+}
+
+#[test]
+fn a_kill_during_an_eviction_is_finished_as_an_eviction() {
+    for point in tierkeep::faults::EVICT_POINTS {
+        let host =
+            Host::new("[zones.black_box]\nmax_backups = 1\n[zones.deletion]\nmax_backups = 1\n");
+        fs::write(host.src().join("f"), b"data").expect("write");
+        let a = host.backup(&[]);
+        host.backup(&[]); // a ages into the deletion zone, which is now full
+        let out = host
+            .cmd(&["backup"])
+            .env("TIERKEEP_FAULTS", format!("{point}=kill"))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.signal(), Some(6), "{point}");
+        host.ok(&["tick"]);
+        assert_consistent(&host);
+        let a_id = a["id"].as_str().expect("id");
+        let trail = host.ok(&["catalog", "history", a_id]);
+        let still_there = committed(&host, "deletion").contains(&a_id.to_owned());
+        assert!(
+            still_there || trail.contains("evicted"),
+            "{point}: {a_id} is neither in the deletion zone nor recorded as evicted:\n{trail}"
+        );
+        host.backup(&[]);
+        assert_consistent(&host);
+        assert!(host.ok(&["catalog", "history", a_id]).contains("evicted"));
+    }
+}
