@@ -20,8 +20,9 @@ use crate::domain::{BackupId, BackupKind, Usage, Zone, rfc3339};
 pub enum CatalogError {
     /// SQLite failed.
     #[error(
-        "catalog {path}: {source}; if the file is damaged, move it aside and run `tierkeep \
-         catalog rebuild` to recreate it from the zones"
+        "catalog {path}: {source} (only if SQLite reports the file damaged or not a \
+         database: move it aside and run `tierkeep catalog rebuild` to recreate it from the \
+         zones; the audit trail of removed backups is then lost)"
     )]
     Sqlite {
         /// The catalog file.

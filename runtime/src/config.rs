@@ -516,7 +516,22 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
         }
     }
 
-    let sources: Vec<PathBuf> = raw.source.paths.iter().map(resolve).collect();
+    let mut sources: Vec<PathBuf> = raw.source.paths.iter().map(resolve).collect();
+    // A source inside another is already covered by it.
+    sources.sort();
+    sources.dedup();
+    let all = sources.clone();
+    sources.retain(|s| {
+        let outer = all.iter().find(|o| *o != s && s.starts_with(o));
+        if let Some(o) = outer {
+            warnings.push(format!(
+                "source.paths: {} lies inside {} and is backed up with it",
+                s.display(),
+                o.display()
+            ));
+        }
+        outer.is_none()
+    });
     if sources.is_empty() {
         problems.push("source.paths is empty: name at least one directory to back up".into());
     }
@@ -556,6 +571,17 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
 
     if deep && problems.is_empty() {
         for src in &sources {
+            if fs::symlink_metadata(src).is_ok_and(|m| m.file_type().is_symlink()) {
+                problems.push(format!(
+                    "source.paths: {} is a symlink{}; only the link itself would be backed \
+                     up: name the real path instead",
+                    src.display(),
+                    fs::canonicalize(src)
+                        .map(|r| format!(" to {}", r.display()))
+                        .unwrap_or_default()
+                ));
+                continue;
+            }
             match fs::metadata(src) {
                 Ok(md) if md.is_dir() => {
                     if let Err(e) = fs::read_dir(src) {
@@ -819,6 +845,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_bakcups"), "{e}");
+    }
+
+    #[test]
+    fn every_example_config_the_repo_ships_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/examples");
+        let mut seen = 0;
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let loaded = load(
+                    &Sources {
+                        file: Some(p.clone()),
+                        flags: vec![],
+                        env: false,
+                    },
+                    false,
+                );
+                assert!(loaded.is_ok(), "{}: {}", p.display(), loaded.unwrap_err());
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no example configs found in {}", dir.display());
+    }
+
+    #[test]
+    fn nested_sources_are_merged() {
+        let s = load_str("source.paths = [\"/srv/app\", \"/srv\", \"/srv\"]\n").unwrap();
+        assert_eq!(s.sources, vec![PathBuf::from("/srv")]);
+        assert!(s.warnings.iter().any(|w| w.contains("/srv/app")));
     }
 
     #[test]

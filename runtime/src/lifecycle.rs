@@ -84,7 +84,11 @@ impl Tierkeep {
         for zone in Zone::ALL {
             let store = self.store(zone);
             if let Some(staging) = store.staging_dir() {
-                crate::ops::remove_partials(&staging, &mut report.removed_incomplete);
+                crate::ops::remove_partials(
+                    &staging,
+                    &self.settings.host_id,
+                    &mut report.removed_incomplete,
+                );
             }
             for listed in store.list().await? {
                 if listed.key.host != self.settings.host_id {
@@ -109,6 +113,7 @@ impl Tierkeep {
         }
         crate::ops::remove_partials(
             &self.settings.data_dir.join("staging"),
+            &self.settings.host_id,
             &mut report.removed_incomplete,
         );
         // A backup committed in both the black box and the deletion zone is a move
@@ -272,7 +277,10 @@ impl Tierkeep {
                     path: dir.clone(),
                     source,
                 })?;
-                let dest = dir.join(format!("{}.verify.partial", rec.id));
+                let dest = dir.join(format!(
+                    "{}-{}.verify.partial",
+                    self.settings.host_id, rec.id
+                ));
                 dst.fetch_archive(key, &dest, progress.callback()).await?;
                 (dest, true)
             }
@@ -302,12 +310,13 @@ impl Tierkeep {
         &self,
         catalog: &mut Catalog,
         incoming: u64,
+        incoming_bytes: u64,
         now: OffsetDateTime,
         progress: &Progress,
     ) -> Result<(Vec<String>, Vec<String>), OpsError> {
         let present = catalog.list(Some(Zone::BlackBox))?;
         let cap = self.settings.zone(Zone::BlackBox).capacity;
-        let plan = plan_room(cap, &views(&present), incoming, 0);
+        let plan = plan_room(cap, &views(&present), incoming, incoming_bytes);
         let mut aged = Vec::new();
         let mut evicted = Vec::new();
         for id in plan {

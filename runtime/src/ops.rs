@@ -80,6 +80,7 @@ impl OpsError {
     pub fn exit_code(&self) -> u8 {
         match self {
             OpsError::ZoneFull { .. } | OpsError::NotFound(_) => 3,
+            OpsError::Store(StoreError::NotFound { .. }) => 3,
             OpsError::Archive(ArchiveError::TargetNotEmpty(_)) => 3,
             OpsError::Archive(ArchiveError::PathNotInBackup(_)) => 3,
             OpsError::Ambiguous(..) | OpsError::Usage(_) => 2,
@@ -236,7 +237,7 @@ impl Tierkeep {
         match file.try_lock() {
             Ok(()) => Ok(HostLock { _file: file }),
             Err(fs::TryLockError::WouldBlock) => {
-                tracing::info!(lock = %path.display(), "another tierkeep process is working on this host; waiting");
+                tracing::warn!(lock = %path.display(), "another tierkeep process is working on this host; waiting for it to finish");
                 let path2 = path.clone();
                 tokio::task::spawn_blocking(move || file.lock().map(|()| file))
                     .await
@@ -286,21 +287,24 @@ impl Tierkeep {
 
     /// Takes a backup now: scheduled into the black box, manual into the reserved zone.
     /// A full zone refuses before any data is written.
+    /// `clock` is read once the host lock is held, so the backup's time is the time its
+    /// data is read, not the time it started waiting.
     pub async fn backup(
         &self,
         kind: BackupKind,
         label: Option<String>,
-        now: OffsetDateTime,
+        clock: fn() -> OffsetDateTime,
         progress: &Progress,
     ) -> Result<BackupOutcome, OpsError> {
         let started = std::time::Instant::now();
         let _lock = self.lock().await?;
+        let now = clock();
         let mut catalog = self.catalog()?;
         let zone = kind.home_zone();
         let zs = self.settings.zone(zone);
         self.recover(&mut catalog, now).await?;
         if kind == BackupKind::Scheduled {
-            self.make_room_in_black_box(&mut catalog, 1, now, progress)
+            self.make_room_in_black_box(&mut catalog, 1, 0, now, progress)
                 .await?;
         }
         let usage = catalog.usage(zone)?;
@@ -335,9 +339,18 @@ impl Tierkeep {
             }
             None => self.staging()?,
         };
-        let staged = staging_dir.join(format!("{id}.tar.zst.partial"));
+        let staged = staging_dir.join(format!("{}-{id}.tar.zst.partial", self.settings.host_id));
         let result = self
-            .write_and_commit(kind, label, now, &key, &staged, store.as_ref(), progress)
+            .write_and_commit(
+                &mut catalog,
+                kind,
+                label,
+                now,
+                &key,
+                &staged,
+                store.as_ref(),
+                progress,
+            )
             .await;
         progress.finish();
         match result {
@@ -366,6 +379,7 @@ impl Tierkeep {
     #[allow(clippy::too_many_arguments)]
     async fn write_and_commit(
         &self,
+        catalog: &mut Catalog,
         kind: BackupKind,
         label: Option<String>,
         now: OffsetDateTime,
@@ -421,6 +435,33 @@ impl Tierkeep {
             policy: format!("{} (built-in)", self.settings.policy),
             warnings: summary.warnings,
         };
+        // A byte limit can only be checked now that the size is known.
+        let zone = kind.home_zone();
+        let capacity = self.settings.zone(zone).capacity;
+        if capacity.max_bytes.is_some() {
+            match kind {
+                BackupKind::Manual => {
+                    if let Err(fullness) =
+                        capacity.admits(catalog.usage(zone)?, manifest.archive_bytes)
+                    {
+                        return Err(OpsError::ZoneFull {
+                            zone,
+                            fullness: format!(
+                                "{fullness}, and this backup is {}",
+                                format_size(manifest.archive_bytes)
+                            ),
+                            advice: "the archive was discarded; remove a manual backup with \
+                                     `tierkeep delete ID --yes` or raise zones.reserved.max_bytes"
+                                .into(),
+                        });
+                    }
+                }
+                BackupKind::Scheduled => {
+                    self.make_room_in_black_box(catalog, 1, manifest.archive_bytes, now, progress)
+                        .await?;
+                }
+            }
+        }
         progress.phase("store", manifest.archive_bytes);
         store.put_archive(key, staged, progress.callback()).await?;
         store.put_manifest(&manifest).await?;
@@ -436,7 +477,7 @@ impl Tierkeep {
     ) -> Result<(PathBuf, bool), OpsError> {
         let store = self.store(rec.zone);
         let key = self.key(rec);
-        if rec.zone.restores_in_place()
+        let (path, exported) = if rec.zone.restores_in_place()
             && let Some(p) = store.local_archive(&key)
         {
             if !p.is_file() {
@@ -445,16 +486,21 @@ impl Tierkeep {
                     key,
                 }));
             }
-            return Ok((p, false));
-        }
-        let dest = self.staging()?.join(format!("{}.export.tar.zst", rec.id));
-        let _ = fs::remove_file(&dest);
-        progress.phase("export", rec.size_bytes);
-        store
-            .fetch_archive(&key, &dest, progress.callback())
-            .await?;
+            (p, false)
+        } else {
+            let dest =
+                self.staging()?
+                    .join(format!("{}.export-{}.tar.zst", rec.id, std::process::id()));
+            let _ = fs::remove_file(&dest);
+            progress.phase("export", rec.size_bytes);
+            store
+                .fetch_archive(&key, &dest, progress.callback())
+                .await?;
+            (dest, true)
+        };
+        // Verify before anything is extracted, so a damaged copy never overwrites data.
         let expected = (rec.size_bytes, rec.sha256.clone());
-        let check = dest.clone();
+        let check = path.clone();
         let bar = progress.clone();
         bar.phase("verify", rec.size_bytes);
         let actual = tokio::task::spawn_blocking(move || {
@@ -464,7 +510,9 @@ impl Tierkeep {
         .await
         .map_err(|e| OpsError::Internal(e.to_string()))??;
         if actual.0 != expected.0 || !actual.1.eq_ignore_ascii_case(&expected.1) {
-            let _ = fs::remove_file(&dest);
+            if exported {
+                let _ = fs::remove_file(&path);
+            }
             return Err(ArchiveError::Mismatch {
                 expected_bytes: expected.0,
                 expected_sha256: expected.1,
@@ -473,7 +521,7 @@ impl Tierkeep {
             }
             .into());
         }
-        Ok((dest, true))
+        Ok((path, exported))
     }
 
     /// Restores backup `id` into `target` (or only `only`, an original absolute path).
@@ -493,6 +541,17 @@ impl Tierkeep {
             Some(p) if !p.is_absolute() => {
                 return Err(OpsError::Usage(format!(
                     "--path {}: give the original absolute path, e.g. /srv/app/config",
+                    p.display()
+                )));
+            }
+            Some(p)
+                if p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+                    || p.to_string_lossy().trim_matches('/').is_empty() =>
+            {
+                return Err(OpsError::Usage(format!(
+                    "--path {}: give the absolute path of a file or directory inside the \
+                     backup, without `..` (omit --path to restore everything)",
                     p.display()
                 )));
             }
@@ -634,7 +693,9 @@ impl Tierkeep {
         let (path, exported) = if let Some(p) = store.local_archive(&key) {
             (p, false)
         } else {
-            let dest = self.staging()?.join(format!("{}.verify.tar.zst", rec.id));
+            let dest =
+                self.staging()?
+                    .join(format!("{}.verify-{}.tar.zst", rec.id, std::process::id()));
             store
                 .fetch_archive(&key, &dest, progress.callback())
                 .await?;
@@ -740,13 +801,24 @@ impl Tierkeep {
     }
 }
 
-pub(crate) fn remove_partials(dir: &Path, removed: &mut Vec<String>) {
+/// Removes what interrupted runs of this host left in a staging directory: its own
+/// `*.partial` files (written only under the host lock, which the caller holds), and
+/// exports of restores or verifications older than a day (those run without the lock, so
+/// younger ones may belong to a restore under way).
+pub(crate) fn remove_partials(dir: &Path, host: &str, removed: &mut Vec<String>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
+    let day = std::time::Duration::from_secs(86_400);
     for e in rd.flatten() {
         let p = e.path();
-        let stale = p.extension().is_some_and(|x| x == "partial")
-            || p.to_string_lossy().ends_with(".export.tar.zst");
-        if stale && fs::remove_file(&p).is_ok() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let own_partial = name.starts_with(&format!("{host}-")) && name.ends_with(".partial");
+        let old_export = (name.contains(".export-") || name.contains(".verify-"))
+            && e.metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > day);
+        if (own_partial || old_export) && fs::remove_file(&p).is_ok() {
             removed.push(format!("staging: {}", p.display()));
         }
     }

@@ -72,7 +72,7 @@ fn archives_restore_with_zstd_and_tar_alone() {
     fs::create_dir(&target).expect("mkdir");
     let status = StdCommand::new("sh")
         .arg("-c")
-        .arg("zstd -d -q < \"$1\" | tar -x -C \"$2\"")
+        .arg("zstd -d -q < \"$1\" | tar -xp -C \"$2\"")
         .arg("sh")
         .arg(&exported)
         .arg(&target)
@@ -294,7 +294,21 @@ fn hostile_archives_are_refused_and_nothing_escapes() {
             "20260101T000000.005Z-000000000005",
             hostile_archive(&[
                 (b"ok", tar::EntryType::Regular, b"", b"fine"),
-                (b"hl", tar::EntryType::Link, b"../../outside/evil", b""),
+                (b"hl", tar::EntryType::Link, b"../outside/evil", b""),
+            ]),
+        ),
+        (
+            // A hard link made through a symlink that points outside.
+            "20260101T000000.006Z-000000000006",
+            hostile_archive(&[
+                (b"link", tar::EntryType::Symlink, &outside_str, b""),
+                (b"hl", tar::EntryType::Link, b"link/evil", b""),
+                (
+                    b"hl",
+                    tar::EntryType::Regular,
+                    b"",
+                    b"written through the hard link",
+                ),
             ]),
         ),
     ];
@@ -359,18 +373,23 @@ fn configuration_errors_explain_themselves() {
     fs::remove_dir(host.src()).expect("rmdir");
     let err = host.fails(&["backup"], 2);
     assert!(err.contains("source.paths"), "{err}");
-    let host = Host::new(&format!(
-        "[zones.reserved]\nurl = \"file://{}/blocker/zone\"\n",
-        std::env::temp_dir()
-            .join("no-such-tierkeep-parent")
-            .display()
-    ));
-    let blocker = std::env::temp_dir().join("no-such-tierkeep-parent");
-    let _ = fs::remove_dir_all(&blocker);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let blocker = scratch.path().join("blocker");
     fs::write(&blocker, b"a file where a directory should be").expect("write");
+    let host = Host::new(&format!(
+        "[zones.reserved]\nurl = \"file://{}/zone\"\n",
+        blocker.display()
+    ));
     let err = host.fails(&["config", "check"], 2);
-    fs::remove_file(&blocker).expect("cleanup");
     assert!(err.contains("not writable"), "{err}");
+    // A source that is a symlink would back up only the link: refused.
+    let host = Host::new("");
+    let real = host.root().join("real");
+    fs::create_dir(&real).expect("mkdir");
+    fs::remove_dir(host.src()).expect("rmdir");
+    std::os::unix::fs::symlink(&real, host.src()).expect("symlink");
+    let err = host.fails(&["config", "check"], 2);
+    assert!(err.contains("is a symlink"), "{err}");
 
     // Environment beats the file; show says where each value came from; secrets stay secret.
     let host = Host::new("[s3]\nsecret_access_key = \"hunter2\"\n");

@@ -117,7 +117,7 @@ fn aging_eviction_and_restore_from_the_deletion_zone() {
     fs::create_dir(&target).expect("mkdir");
     let st = std::process::Command::new("sh")
         .arg("-c")
-        .arg("zstd -d -q < \"$1\" | tar -x -C \"$2\"")
+        .arg("zstd -d -q < \"$1\" | tar -xp -C \"$2\"")
         .arg("sh")
         .arg(&file)
         .arg(&target)

@@ -10,8 +10,9 @@ use crate::domain::{BackupId, BackupKind};
 pub const MANIFEST_FORMAT: u32 = 1;
 
 /// Everything needed to identify, verify and restore a backup with standard tools.
+/// Unknown fields are ignored (a newer tierkeep may add some); `format` says whether
+/// this build can read the manifest at all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Manifest format version.
     pub format: u32,

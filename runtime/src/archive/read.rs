@@ -602,6 +602,11 @@ impl Extractor {
                             ));
                         }
                     }
+                    if source == path {
+                        // A link to itself (a path archived twice): it is already here.
+                        self.summary.entries += 1;
+                        continue;
+                    }
                     Self::clear(&path)?;
                     fs::hard_link(&source, &path)
                         .map_err(|e| ArchiveError::io("create hard link", &path, e))?;

@@ -94,6 +94,16 @@ fn is_skipped(path: &Path, excludes: &GlobSet, skip: &[PathBuf]) -> bool {
     if skip.iter().any(|s| s == path) {
         return true;
     }
+    // The same directory reached by another name (a bind mount, a symlinked parent).
+    if !skip.is_empty()
+        && let Ok(md) = fs::symlink_metadata(path)
+        && md.is_dir()
+        && skip
+            .iter()
+            .any(|s| fs::metadata(s).is_ok_and(|m| m.dev() == md.dev() && m.ino() == md.ino()))
+    {
+        return true;
+    }
     if excludes.is_empty() {
         return false;
     }
@@ -200,12 +210,24 @@ impl<W: Write> Writer<'_, W> {
                     Ok(rd) => rd
                         .map(|e| e.map(|e| e.path()))
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| ArchiveError::io("list", &path, e))?,
+                        .map_err(|e| {
+                            ArchiveError::io(
+                                "list (fix its permissions or add it to source.exclude)",
+                                &path,
+                                e,
+                            )
+                        })?,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         self.warn(format!("{}: vanished while it was read", path.display()));
                         continue;
                     }
-                    Err(e) => return Err(ArchiveError::io("list", &path, e)),
+                    Err(e) => {
+                        return Err(ArchiveError::io(
+                            "list (fix its permissions or add it to source.exclude)",
+                            &path,
+                            e,
+                        ));
+                    }
                 };
                 children.sort_by(|a, b| b.as_os_str().cmp(a.as_os_str()));
                 stack.extend(children);
@@ -287,6 +309,10 @@ impl<W: Write> Writer<'_, W> {
         if md.nlink() > 1
             && let Some(first) = self.links.get(&(md.dev(), md.ino())).cloned()
         {
+            if first == name {
+                // The same path reached twice (overlapping sources): archived already.
+                return Ok(());
+            }
             let header = self.header(md, EntryType::Link);
             return self.append(header, md, &name, Some(&first), &mut io::empty());
         }
@@ -304,10 +330,19 @@ impl<W: Write> Writer<'_, W> {
                 ));
             }
         };
-        // Describe the file as opened, not as listed.
+        // Describe the file as opened, not as listed; if another file was put in its
+        // place since it was listed (a symlink, say), leave it out and say so.
+        let listed = (md.dev(), md.ino());
         let md = file
             .metadata()
             .map_err(|e| ArchiveError::io("stat", path, e))?;
+        if (md.dev(), md.ino()) != listed || !md.is_file() {
+            self.warn(format!(
+                "{}: replaced by another file while it was read; left out",
+                path.display()
+            ));
+            return Ok(());
+        }
         if md.nlink() > 1 {
             self.links.insert((md.dev(), md.ino()), name.clone());
         }

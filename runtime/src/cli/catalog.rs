@@ -66,7 +66,15 @@ pub async fn run(g: &Global, c: CatalogCommand) -> Result<ExitCode> {
             }
         }
         CatalogCommand::History(a) => {
-            let events = tk.catalog()?.events(a.id.as_deref(), a.limit)?;
+            let catalog = tk.catalog()?;
+            // A full id, or a unique prefix of a present backup.
+            let id = match a.id.as_deref() {
+                Some(text) if text.parse::<tierkeep::domain::BackupId>().is_err() => {
+                    Some(tk.resolve(&catalog, text)?.id.to_string())
+                }
+                other => other.map(str::to_owned),
+            };
+            let events = catalog.events(id.as_deref(), a.limit)?;
             if a.json {
                 print_json(&events)?;
             } else {

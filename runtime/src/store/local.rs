@@ -143,6 +143,7 @@ impl LocalStore {
         if let Some(host_dir) = dir.parent() {
             sync_dir(host_dir).map_err(|e| self.err("fsync", host_dir, e))?;
         }
+        sync_dir(&self.root).map_err(|e| self.err("fsync", &self.root, e))?;
         Ok(())
     }
 
@@ -226,9 +227,14 @@ fn copy_synced(src: &Path, dest: &Path, progress: &ProgressFn) -> io::Result<()>
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Unsupported(format!("store task failed: {e}"))))
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Io {
+            zone: String::new(),
+            op: "run a store task",
+            path: PathBuf::new(),
+            source: io::Error::other(e.to_string()),
+        })
+    })
 }
 
 #[async_trait]
