@@ -592,11 +592,13 @@ impl Catalog {
     /// Brings the catalog in line with what the zones hold. `found` lists every committed
     /// backup of this host found in the zones. Backups found but unknown are added
     /// (`discovered`), ones recorded in the wrong zone are corrected, present ones that no
-    /// zone holds are marked `missing`. Nothing is ever deleted from the catalog.
+    /// zone holds are marked `missing` — only for the `listed` zones, those that could be
+    /// read. Nothing is ever deleted from the catalog.
     pub fn reconcile(
         &mut self,
         host_id: &str,
         found: &[(Zone, Manifest)],
+        listed: &[Zone],
         now: OffsetDateTime,
     ) -> Result<ReconcileReport, CatalogError> {
         let mut report = ReconcileReport::default();
@@ -694,7 +696,7 @@ impl Catalog {
             }
         }
         for rec in present {
-            if !by_id.contains_key(&rec.id) {
+            if !by_id.contains_key(&rec.id) && listed.contains(&rec.zone) {
                 let last: Option<String> = tx
                     .query_row(
                         "SELECT kind FROM events WHERE backup_id = ?1 ORDER BY seq DESC LIMIT 1",

@@ -102,6 +102,9 @@ pub struct ZoneConfig {
     pub max_backups: Option<u64>,
     /// Capacity in bytes (`500GiB`), optional.
     pub max_bytes: Option<SizeValue>,
+    /// Reserved zone on S3 only: S3 Object Lock retention (`90d`) for new manual backups,
+    /// where the bucket has Object Lock enabled.
+    pub lock_retention: Option<String>,
 }
 
 /// A size given as a number of bytes or as text (`500GiB`).
@@ -189,6 +192,8 @@ pub struct ZoneSettings {
     pub url: String,
     /// Its capacity.
     pub capacity: Capacity,
+    /// Object Lock retention for new backups (reserved zone on S3).
+    pub lock_retention: Option<Duration>,
 }
 
 /// The validated, effective configuration.
@@ -480,16 +485,42 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
                     "{key}.url `{url}`: a file URL needs an absolute path (file:///var/lib/...)"
                 ));
             }
-        } else if url.starts_with("s3://") {
-            problems.push(format!(
-                "{key}.url `{url}`: S3 zones are not available in this build yet; use a \
-                 file:/// URL"
-            ));
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            if zone == Zone::BlackBox {
+                problems.push(format!(
+                    "{key}.url `{url}`: the black box is a local directory (on SSD); only the \
+                     deletion and reserved zones can be S3 buckets"
+                ));
+            } else if rest.split('/').next().is_none_or(str::is_empty) {
+                problems.push(format!(
+                    "{key}.url `{url}`: no bucket name (expected s3://bucket or s3://bucket/prefix)"
+                ));
+            }
         } else {
             problems.push(format!(
                 "{key}.url `{url}`: expected file:///path or s3://bucket/prefix"
             ));
         }
+        let lock_retention = match &zc.lock_retention {
+            None => None,
+            Some(_) if zone != Zone::Reserved || !url.starts_with("s3://") => {
+                problems.push(format!(
+                    "{key}.lock_retention: S3 Object Lock applies only to a reserved zone on S3"
+                ));
+                None
+            }
+            Some(t) => match parse_duration(t) {
+                Ok(d) if !d.is_zero() => Some(d),
+                Ok(_) => {
+                    problems.push(format!("{key}.lock_retention must be longer than zero"));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("{key}.lock_retention: {e}"));
+                    None
+                }
+            },
+        };
         zones.push(ZoneSettings {
             zone,
             url,
@@ -497,6 +528,7 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
                 max_backups,
                 max_bytes,
             },
+            lock_retention,
         });
     }
     {
@@ -629,6 +661,20 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
         }
     }
 
+    if raw.s3.access_key_id.is_some() != raw.s3.secret_access_key.is_some() {
+        problems.push(
+            "s3.access_key_id and s3.secret_access_key go together: set both, or neither to \
+             use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+                .into(),
+        );
+    }
+    if let Some(ep) = &raw.s3.endpoint
+        && !(ep.starts_with("http://") || ep.starts_with("https://"))
+    {
+        problems.push(format!(
+            "s3.endpoint `{ep}`: expected a URL such as http://127.0.0.1:9000"
+        ));
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -674,6 +720,21 @@ impl Settings {
             Zone::Deletion => 1,
             Zone::Reserved => 2,
         }]
+    }
+
+    /// How to reach the S3 server for `zone`.
+    pub fn s3_settings(&self, zone: Zone) -> crate::store::S3Settings {
+        crate::store::S3Settings {
+            endpoint: self.s3.endpoint.clone(),
+            region: self.s3.region.clone(),
+            force_path_style: self.s3.force_path_style.unwrap_or(true),
+            credentials: self
+                .s3
+                .access_key_id
+                .clone()
+                .zip(self.s3.secret_access_key.clone()),
+            lock_retention: self.zone(zone).lock_retention,
+        }
     }
 
     /// The catalog file.
@@ -729,6 +790,13 @@ impl Settings {
                 format!("{key}.max_backups"),
                 z.capacity.max_backups.to_string(),
             ));
+            if z.zone == Zone::Reserved {
+                v.push((
+                    format!("{key}.lock_retention"),
+                    z.lock_retention
+                        .map_or_else(|| "(none)".into(), format_duration),
+                ));
+            }
             v.push((
                 format!("{key}.max_bytes"),
                 z.capacity

@@ -35,6 +35,8 @@ pub struct RecoveryReport {
     pub removed_incomplete: Vec<String>,
     /// Manifests that could not be read (left alone).
     pub unreadable: Vec<String>,
+    /// Zones that could not be listed (left as the catalog has them).
+    pub unreachable: Vec<String>,
     /// Committed backups found in the zones.
     pub backups: usize,
     /// How the catalog was brought in line.
@@ -81,8 +83,20 @@ impl Tierkeep {
     ) -> Result<RecoveryReport, OpsError> {
         let mut report = RecoveryReport::default();
         let mut committed: HashMap<Zone, Vec<crate::archive::Manifest>> = HashMap::new();
+        let mut listed_zones = Vec::new();
         for zone in Zone::ALL {
             let store = self.store(zone);
+            let listing = match store.list().await {
+                Ok(l) => l,
+                Err(e) => {
+                    // An unreachable zone is left as the catalog has it: nothing in it is
+                    // marked missing, and no move into it is finished now.
+                    tracing::warn!(zone = %zone, "zone unreachable, recovery skips it: {e}");
+                    report.unreachable.push(format!("{zone}: {e}"));
+                    continue;
+                }
+            };
+            listed_zones.push(zone);
             if let Some(staging) = store.staging_dir() {
                 crate::ops::remove_partials(
                     &staging,
@@ -90,7 +104,7 @@ impl Tierkeep {
                     &mut report.removed_incomplete,
                 );
             }
-            for listed in store.list().await? {
+            for listed in listing {
                 if listed.key.host != self.settings.host_id {
                     continue;
                 }
@@ -148,7 +162,7 @@ impl Tierkeep {
             .flat_map(|(z, ms)| ms.into_iter().map(move |m| (z, m)))
             .collect();
         report.backups = found.len();
-        report.catalog = catalog.reconcile(&self.settings.host_id, &found, now)?;
+        report.catalog = catalog.reconcile(&self.settings.host_id, &found, &listed_zones, now)?;
         for id in &report.catalog.missing {
             tracing::error!(id = %id, "a backup recorded in the catalog is in no zone");
         }
@@ -229,6 +243,7 @@ impl Tierkeep {
         let src = self.store(Zone::BlackBox).clone();
         let dst = self.store(Zone::Deletion).clone();
         let result: Result<(), OpsError> = async {
+            dst.check().await?;
             faults::point("move.before_upload")?;
             let local = src
                 .local_archive(&key)

@@ -196,9 +196,18 @@ impl Tierkeep {
     /// Opens the zones of `settings`.
     pub fn new(settings: Settings) -> Result<Self, OpsError> {
         let stores = [
-            store::open(&settings.zone(Zone::BlackBox).url)?,
-            store::open(&settings.zone(Zone::Deletion).url)?,
-            store::open(&settings.zone(Zone::Reserved).url)?,
+            store::open(
+                &settings.zone(Zone::BlackBox).url,
+                &settings.s3_settings(Zone::BlackBox),
+            )?,
+            store::open(
+                &settings.zone(Zone::Deletion).url,
+                &settings.s3_settings(Zone::Deletion),
+            )?,
+            store::open(
+                &settings.zone(Zone::Reserved).url,
+                &settings.s3_settings(Zone::Reserved),
+            )?,
         ];
         Ok(Tierkeep { settings, stores })
     }

@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 pub struct Host {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Extra environment for every `tierkeep` run (S3 credentials).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Host {
@@ -38,7 +40,11 @@ impl Host {
             root.join("src").display()
         );
         fs::write(&config, text).expect("config");
-        Host { dir, config }
+        Host {
+            dir,
+            config,
+            env: Vec::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -58,6 +64,9 @@ impl Host {
         let mut c = Command::cargo_bin("tierkeep").expect("tierkeep binary");
         c.arg("--config").arg(&self.config).args(args);
         c.env_remove("TIERKEEP_LOG");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 

@@ -63,6 +63,12 @@ pub async fn run(g: &Global, c: CatalogCommand) -> Result<ExitCode> {
                 for u in &r.unreadable {
                     println!("unreadable, left alone: {u}");
                 }
+                for u in &r.unreachable {
+                    eprintln!("error: zone unreachable, not rebuilt: {u}");
+                }
+                if !r.unreachable.is_empty() {
+                    return Ok(ExitCode::from(1));
+                }
             }
         }
         CatalogCommand::History(a) => {

@@ -6,6 +6,7 @@
 //! marker; an archive without a manifest is an incomplete upload, never a backup.
 
 pub mod local;
+pub mod s3;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use crate::archive::Manifest;
 use crate::domain::BackupId;
 
 pub use local::LocalStore;
+pub use s3::{S3Settings, S3Store};
 
 /// The archive's object name inside a backup's folder.
 pub const ARCHIVE_NAME: &str = "archive.tar.zst";
@@ -24,7 +26,7 @@ pub const ARCHIVE_NAME: &str = "archive.tar.zst";
 pub const MANIFEST_NAME: &str = "manifest.json";
 
 /// A backup's address inside a zone.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackupKey {
     /// Host id (first path segment).
     pub host: String,
@@ -101,7 +103,21 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// The zone URL cannot be used by this build.
+    /// A request to a remote zone failed.
+    #[error("zone {zone}: {op} {object}: {message}")]
+    Remote {
+        /// The zone's URL.
+        zone: String,
+        /// What was being done.
+        op: &'static str,
+        /// The object or bucket.
+        object: String,
+        /// What the server or client said, with advice.
+        message: String,
+        /// Whether retrying may help.
+        retry: Retry,
+    },
+    /// The zone URL or its settings cannot be used.
     #[error("{0}")]
     Unsupported(String),
 }
@@ -116,6 +132,7 @@ impl StoreError {
                 | std::io::ErrorKind::WouldBlock => Retry::Temporary,
                 _ => Retry::Permanent,
             },
+            StoreError::Remote { retry, .. } => *retry,
             _ => Retry::Permanent,
         }
     }
@@ -175,9 +192,9 @@ pub trait ZoneStore: Send + Sync + fmt::Debug {
     async fn remove_incomplete(&self, key: &BackupKey) -> Result<(), StoreError>;
 }
 
-/// Opens the store for a zone URL: `file:///path` or a plain path. `s3://` URLs are
-/// refused with an explanation until the S3 store lands.
-pub fn open(url: &str) -> Result<Arc<dyn ZoneStore>, StoreError> {
+/// Opens the store for a zone URL: `file:///path`, a plain path, or
+/// `s3://bucket/prefix` (with `s3` settings).
+pub fn open(url: &str, s3: &S3Settings) -> Result<Arc<dyn ZoneStore>, StoreError> {
     if let Some(rest) = url.strip_prefix("file://") {
         return Ok(Arc::new(LocalStore::new(
             url.to_owned(),
@@ -185,10 +202,7 @@ pub fn open(url: &str) -> Result<Arc<dyn ZoneStore>, StoreError> {
         )));
     }
     if url.starts_with("s3://") {
-        return Err(StoreError::Unsupported(format!(
-            "zone URL {url}: S3 zones are not available in this build yet; use a file:/// URL \
-             (the S3 zone store is tracked as its own work item)"
-        )));
+        return Ok(Arc::new(S3Store::new(url, s3)?));
     }
     if url.contains("://") {
         return Err(StoreError::Unsupported(format!(

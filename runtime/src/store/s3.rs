@@ -1,0 +1,819 @@
+//! A zone in an S3 bucket (MinIO, Garage, AWS S3 or any S3-compatible server).
+//!
+//! Objects: `[<prefix>/]<host>/<backup-id>/archive.tar.zst` and `.../manifest.json`; the
+//! manifest is uploaded last and is the commit marker. Archives of 16 MiB and more go up
+//! as multipart uploads with several parts in flight, read straight from the file (a
+//! backup never sits whole in memory); downloads of large archives use parallel ranged
+//! GETs written at their offsets. The SDK retries temporary faults with backoff; errors
+//! say which bucket and what to do.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use tokio::sync::Semaphore;
+
+use super::{
+    ARCHIVE_NAME, BackupKey, Listed, ListedState, MANIFEST_NAME, ProgressFn, Retry, StoreError,
+    ZoneStore,
+};
+use crate::archive::Manifest;
+use crate::domain::{BackupId, validate_host_id};
+
+/// Archives at least this large are uploaded in parts.
+const MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// Part size (S3 allows up to 10,000 parts; the size grows for archives over ~160 GiB).
+const PART_SIZE: u64 = 16 << 20;
+/// Parts or ranges in flight at once.
+const CONCURRENCY: usize = 4;
+
+/// How to reach the S3 server.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// Endpoint URL (`http://127.0.0.1:9000`); `None` for AWS.
+    pub endpoint: Option<String>,
+    /// Region (`us-east-1` when not set).
+    pub region: Option<String>,
+    /// Path-style addressing (MinIO, Garage).
+    pub force_path_style: bool,
+    /// Static credentials; `None` uses the environment (`AWS_ACCESS_KEY_ID`, ...).
+    pub credentials: Option<(String, String)>,
+    /// Object Lock retention for new manual backups, where the bucket supports it.
+    pub lock_retention: Option<Duration>,
+}
+
+/// A zone in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    url: String,
+    bucket: String,
+    prefix: String,
+    client: Client,
+    lock_retention: Option<Duration>,
+}
+
+impl S3Store {
+    /// Opens `s3://bucket/prefix` with `settings`.
+    pub fn new(url: &str, settings: &S3Settings) -> Result<S3Store, StoreError> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| StoreError::Unsupported(format!("{url} is not an s3:// URL")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError::Unsupported(format!(
+                "zone URL {url}: no bucket name (expected s3://bucket/prefix)"
+            )));
+        }
+        let prefix = prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let region = settings
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".into());
+        let (key_id, secret) = match &settings.credentials {
+            Some((k, s)) => (k.clone(), s.clone()),
+            None => (
+                std::env::var("AWS_ACCESS_KEY_ID").map_err(|_| {
+                    StoreError::Unsupported(format!(
+                        "zone {url}: no S3 credentials: set s3.access_key_id and \
+                         s3.secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    ))
+                })?,
+                std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| {
+                    StoreError::Unsupported(format!(
+                        "zone {url}: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"
+                    ))
+                })?,
+            ),
+        };
+        let session = std::env::var("AWS_SESSION_TOKEN").ok();
+        // rustls with ring: http:// and https:// endpoints without building aws-lc.
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(region))
+            .force_path_style(settings.force_path_style)
+            .credentials_provider(Credentials::new(
+                key_id,
+                secret,
+                session,
+                None,
+                "tierkeep-config",
+            ))
+            // MinIO and Garage do not all accept the SDK's default CRC checksums; the
+            // archive's SHA-256 is checked end to end by tierkeep itself.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let Some(ep) = &settings.endpoint {
+            conf = conf.endpoint_url(ep);
+        }
+        Ok(S3Store {
+            url: url.to_owned(),
+            bucket: bucket.to_owned(),
+            prefix,
+            client: Client::from_conf(conf.build()),
+            lock_retention: settings.lock_retention,
+        })
+    }
+
+    fn object(&self, key: &BackupKey, name: &str) -> String {
+        format!("{}{}/{}/{name}", self.prefix, key.host, key.id)
+    }
+
+    fn err<E>(&self, op: &'static str, object: &str, e: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = match &e {
+            SdkError::ServiceError(ctx) => Some(ctx.raw().status().as_u16()),
+            _ => None,
+        };
+        let code = e.code().map(str::to_owned).or_else(|| match status {
+            Some(403) => Some("AccessDenied".to_owned()),
+            _ => None,
+        });
+        let (retry, advice) = match (&e, code.as_deref()) {
+            (_, Some("NoSuchBucket")) => (
+                Retry::Permanent,
+                format!(
+                    "bucket `{}` does not exist: create it (e.g. `mc mb`, `garage bucket create`) \
+                     or fix the zone URL",
+                    self.bucket
+                ),
+            ),
+            (_, Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")) => (
+                Retry::Permanent,
+                format!(
+                    "access to bucket `{}` denied: check s3.access_key_id / \
+                     s3.secret_access_key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and \
+                     the key's permissions on the bucket",
+                    self.bucket
+                ),
+            ),
+            (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => (
+                Retry::Temporary,
+                "the S3 server did not answer: check s3.endpoint and that the server is up"
+                    .to_owned(),
+            ),
+            (SdkError::ResponseError(_), _) => (Retry::Temporary, String::new()),
+            (SdkError::ServiceError(ctx), _) if ctx.raw().status().is_server_error() => {
+                (Retry::Temporary, String::new())
+            }
+            _ => (Retry::Permanent, String::new()),
+        };
+        StoreError::Remote {
+            zone: self.url.clone(),
+            op,
+            object: object.to_owned(),
+            message: format!(
+                "{}{}",
+                describe(&e, status, code.as_deref()),
+                if advice.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {advice}")
+                }
+            ),
+            retry,
+        }
+    }
+
+    fn not_found(&self, key: &BackupKey) -> StoreError {
+        StoreError::NotFound {
+            zone: self.url.clone(),
+            key: key.clone(),
+        }
+    }
+
+    async fn get_manifest(&self, key: &BackupKey) -> Result<Option<Manifest>, StoreError> {
+        let object = self.object(key, MANIFEST_NAME);
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if e.code() == Some("NoSuchKey") || is_404(&e) => return Ok(None),
+            Err(e) => return Err(self.err("get", &object, e)),
+        };
+        let bytes = out.body.collect().await.map_err(|e| StoreError::Remote {
+            zone: self.url.clone(),
+            op: "read",
+            object: object.clone(),
+            message: e.to_string(),
+            retry: Retry::Temporary,
+        })?;
+        let m =
+            Manifest::from_json(&bytes.into_bytes()).map_err(|reason| StoreError::BadManifest {
+                zone: self.url.clone(),
+                key: key.clone(),
+                reason,
+            })?;
+        if m.id != key.id || m.host_id != key.host {
+            return Err(StoreError::BadManifest {
+                zone: self.url.clone(),
+                key: key.clone(),
+                reason: format!("it describes {}/{}", m.host_id, m.id),
+            });
+        }
+        Ok(Some(m))
+    }
+
+    /// Every object key under the zone's prefix.
+    async fn list_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("list", &self.prefix, e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    keys.push(k.to_owned());
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Multipart uploads under `prefix` that were never completed: (key, upload id).
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let out = match self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            // Some S3-compatible servers cannot list uploads; tierkeep aborts its own
+            // failed uploads as they fail, so there is nothing more to do there.
+            Err(SdkError::ServiceError(ctx)) if ctx.raw().status().as_u16() == 501 => {
+                tracing::debug!(zone = %self.url, "the server cannot list multipart uploads");
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(self.err("list uploads", prefix, e)),
+        };
+        Ok(out
+            .uploads()
+            .iter()
+            .filter_map(|u| Some((u.key()?.to_owned(), u.upload_id()?.to_owned())))
+            .collect())
+    }
+
+    fn parse_folder(&self, object: &str) -> Option<(BackupKey, String)> {
+        let rest = object.strip_prefix(&self.prefix)?;
+        let mut parts = rest.splitn(3, '/');
+        let host = parts.next()?;
+        let id = parts.next()?.parse::<BackupId>().ok()?;
+        let name = parts.next()?.to_owned();
+        validate_host_id(host).ok()?;
+        Some((
+            BackupKey {
+                host: host.to_owned(),
+                id,
+            },
+            name,
+        ))
+    }
+
+    async fn delete_object(&self, object: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("NoSuchKey") || is_404(&e) => Ok(()),
+            Err(e) => Err(self.err("delete", object, e)),
+        }
+    }
+
+    async fn abort_uploads(&self, key: &BackupKey) -> Result<(), StoreError> {
+        let prefix = self.object(key, "");
+        for (object, upload) in self.list_uploads(&prefix).await? {
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&object)
+                .upload_id(&upload)
+                .send()
+                .await
+                .map_err(|e| self.err("abort upload", &object, e))?;
+        }
+        Ok(())
+    }
+
+    async fn put_multipart(
+        &self,
+        object: &str,
+        src: &Path,
+        size: u64,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| self.err("start upload", object, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        let part_size = PART_SIZE.max(size.div_ceil(9_000));
+        let parts = size.div_ceil(part_size);
+        let limit = Arc::new(Semaphore::new(CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..parts {
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| StoreError::Unsupported(e.to_string()))?;
+            let this = self.clone();
+            let object = object.to_owned();
+            let upload_id = upload_id.clone();
+            let src = src.to_path_buf();
+            let progress = progress.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let offset = n * part_size;
+                let len = part_size.min(size - offset);
+                let body = ByteStream::read_from()
+                    .path(&src)
+                    .offset(offset)
+                    .length(Length::Exact(len))
+                    .build()
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        zone: this.url.clone(),
+                        op: "read",
+                        path: src.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                let out = this
+                    .client
+                    .upload_part()
+                    .bucket(&this.bucket)
+                    .key(&object)
+                    .upload_id(&upload_id)
+                    .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
+                    .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| this.err("upload part", &object, e))?;
+                progress(len);
+                Ok::<_, StoreError>(
+                    CompletedPart::builder()
+                        .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
+                        .set_e_tag(out.e_tag().map(str::to_owned))
+                        .build(),
+                )
+            });
+        }
+        let mut done = Vec::new();
+        let mut failure = None;
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok(Ok(part)) => done.push(part),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    failure.get_or_insert(StoreError::Unsupported(format!("upload task: {e}")));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(object)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            return Err(e);
+        }
+        done.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("complete upload", object, e))?;
+        Ok(())
+    }
+
+    async fn head_size(&self, object: &str, key: &BackupKey) -> Result<u64, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .send()
+            .await
+        {
+            Ok(h) => Ok(h.content_length().unwrap_or(0).max(0) as u64),
+            Err(e) if is_404(&e) => Err(self.not_found(key)),
+            Err(e) => Err(self.err("head", object, e)),
+        }
+    }
+
+    async fn get_range_into(
+        &self,
+        object: &str,
+        file: Arc<File>,
+        dest: &Path,
+        offset: u64,
+        len: u64,
+        progress: &ProgressFn,
+    ) -> Result<(), StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .range(format!("bytes={}-{}", offset, offset + len - 1))
+            .send()
+            .await
+            .map_err(|e| self.err("get", object, e))?;
+        let mut body = out.body;
+        let mut at = offset;
+        while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Remote {
+            zone: self.url.clone(),
+            op: "download",
+            object: object.to_owned(),
+            message: e.to_string(),
+            retry: Retry::Temporary,
+        })? {
+            let f = file.clone();
+            let pos = at;
+            let n = chunk.len() as u64;
+            tokio::task::spawn_blocking(move || f.write_all_at(&chunk, pos))
+                .await
+                .map_err(|e| StoreError::Unsupported(e.to_string()))?
+                .map_err(|e| StoreError::Io {
+                    zone: self.url.clone(),
+                    op: "write",
+                    path: dest.to_path_buf(),
+                    source: e,
+                })?;
+            at += n;
+            progress(n);
+        }
+        if at != offset + len {
+            return Err(StoreError::Remote {
+                zone: self.url.clone(),
+                op: "download",
+                object: object.to_owned(),
+                message: format!("range ended after {} of {len} bytes", at - offset),
+                retry: Retry::Temporary,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl S3Store {
+    /// Puts an S3 Object Lock retention (compliance mode) on `object`: until it ends,
+    /// nobody, this host included, can delete or overwrite that version.
+    async fn retain(&self, object: &str, retention: Duration) -> Result<(), StoreError> {
+        let until = std::time::SystemTime::now() + retention;
+        self.client
+            .put_object_retention()
+            .bucket(&self.bucket)
+            .key(object)
+            .retention(
+                aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Compliance)
+                    .retain_until_date(aws_sdk_s3::primitives::DateTime::from(until))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                let mut err = self.err("lock", object, e);
+                if let StoreError::Remote { message, .. } = &mut err {
+                    message.push_str(&format!(
+                        " — is Object Lock enabled on bucket `{}`? (`mc mb --with-lock`); \
+                         otherwise remove zones.reserved.lock_retention",
+                        self.bucket
+                    ));
+                }
+                err
+            })?;
+        Ok(())
+    }
+}
+
+/// A one-line description of an SDK error: the service's code and message with the HTTP
+/// status, or the chain of causes of a connection failure (no debug dumps).
+fn describe<E>(e: &SdkError<E, HttpResponse>, status: Option<u16>, code: Option<&str>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if let SdkError::ServiceError(ctx) = e {
+        let msg = ctx.err().message().unwrap_or("");
+        return format!(
+            "{}{}{} (HTTP {})",
+            code.unwrap_or("error"),
+            if msg.is_empty() { "" } else { ": " },
+            msg,
+            status.unwrap_or(0)
+        );
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+fn is_404<E>(e: &SdkError<E, HttpResponse>) -> bool {
+    matches!(e, SdkError::ServiceError(ctx) if ctx.raw().status().as_u16() == 404)
+}
+
+#[async_trait]
+impl ZoneStore for S3Store {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn staging_dir(&self) -> Option<PathBuf> {
+        None
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                if is_404(&e) {
+                    StoreError::Remote {
+                        zone: self.url.clone(),
+                        op: "open bucket",
+                        object: self.bucket.clone(),
+                        message: format!(
+                            "bucket `{}` does not exist: create it (e.g. `mc mb`, `garage bucket \
+                             create`) or fix the zone URL",
+                            self.bucket
+                        ),
+                        retry: Retry::Permanent,
+                    }
+                } else {
+                    self.err("open bucket", &self.bucket, e)
+                }
+            })
+    }
+
+    async fn list(&self) -> Result<Vec<Listed>, StoreError> {
+        let mut folders: BTreeMap<BackupKey, Vec<String>> = BTreeMap::new();
+        for object in self.list_keys().await? {
+            if let Some((key, name)) = self.parse_folder(&object) {
+                folders.entry(key).or_default().push(name);
+            }
+        }
+        for (object, _) in self.list_uploads(&self.prefix).await? {
+            if let Some((key, name)) = self.parse_folder(&object) {
+                folders
+                    .entry(key)
+                    .or_default()
+                    .push(format!("{name}.upload"));
+            }
+        }
+        let mut out = Vec::new();
+        for (key, names) in folders {
+            let state = if names.iter().any(|n| n == MANIFEST_NAME) {
+                match self.get_manifest(&key).await {
+                    Ok(Some(m)) => ListedState::Committed(Box::new(m)),
+                    Ok(None) => ListedState::Incomplete,
+                    Err(e) => ListedState::Unreadable(e.to_string()),
+                }
+            } else {
+                ListedState::Incomplete
+            };
+            out.push(Listed { key, state });
+        }
+        Ok(out)
+    }
+
+    async fn read_manifest(&self, key: &BackupKey) -> Result<Manifest, StoreError> {
+        self.get_manifest(key)
+            .await?
+            .ok_or_else(|| self.not_found(key))
+    }
+
+    async fn put_archive(
+        &self,
+        key: &BackupKey,
+        src: &Path,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        let object = self.object(key, ARCHIVE_NAME);
+        let size = std::fs::metadata(src)
+            .map_err(|e| StoreError::Io {
+                zone: self.url.clone(),
+                op: "stat",
+                path: src.to_path_buf(),
+                source: e,
+            })?
+            .len();
+        if size >= MULTIPART_THRESHOLD {
+            self.put_multipart(&object, src, size, progress).await
+        } else {
+            let body = ByteStream::from_path(src)
+                .await
+                .map_err(|e| StoreError::Io {
+                    zone: self.url.clone(),
+                    op: "read",
+                    path: src.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&object)
+                .content_length(i64::try_from(size).unwrap_or(i64::MAX))
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| self.err("put", &object, e))?;
+            progress(size);
+            Ok(())
+        }
+    }
+
+    async fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let key = BackupKey {
+            host: manifest.host_id.clone(),
+            id: manifest.id.clone(),
+        };
+        let archive = self.object(&key, ARCHIVE_NAME);
+        let size = self.head_size(&archive, &key).await?;
+        if size != manifest.archive_bytes {
+            return Err(StoreError::Remote {
+                zone: self.url.clone(),
+                op: "commit",
+                object: archive,
+                message: format!(
+                    "the stored archive has {size} bytes, the manifest says {}: refusing to commit",
+                    manifest.archive_bytes
+                ),
+                retry: Retry::Permanent,
+            });
+        }
+        let object = self.object(&key, MANIFEST_NAME);
+        let lock = self
+            .lock_retention
+            .filter(|_| manifest.kind == crate::domain::BackupKind::Manual);
+        if let Some(ret) = lock {
+            self.retain(&archive, ret).await?;
+        }
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .content_type("application/json")
+            .body(ByteStream::from(manifest.to_json()))
+            .send()
+            .await
+            .map_err(|e| self.err("put", &object, e))?;
+        if let Some(ret) = lock {
+            self.retain(&object, ret).await?;
+        }
+        Ok(())
+    }
+
+    fn local_archive(&self, _key: &BackupKey) -> Option<PathBuf> {
+        None
+    }
+
+    async fn fetch_archive(
+        &self,
+        key: &BackupKey,
+        dest: &Path,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        let object = self.object(key, ARCHIVE_NAME);
+        let size = self.head_size(&object, key).await?;
+        let io = |op, e| StoreError::Io {
+            zone: self.url.clone(),
+            op,
+            path: dest.to_path_buf(),
+            source: e,
+        };
+        let file = File::create(dest).map_err(|e| io("create", e))?;
+        file.set_len(size).map_err(|e| io("allocate", e))?;
+        let file = Arc::new(file);
+        if size > 0 {
+            let range = (size.div_ceil(CONCURRENCY as u64)).clamp(8 << 20, 64 << 20);
+            let ranges: Vec<(u64, u64)> = (0..size.div_ceil(range))
+                .map(|i| (i * range, range.min(size - i * range)))
+                .collect();
+            let limit = Arc::new(Semaphore::new(CONCURRENCY));
+            let mut tasks = tokio::task::JoinSet::new();
+            for (offset, len) in ranges {
+                let permit = limit
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| StoreError::Unsupported(e.to_string()))?;
+                let this = self.clone();
+                let object = object.clone();
+                let file = file.clone();
+                let dest = dest.to_path_buf();
+                let progress = progress.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    this.get_range_into(&object, file, &dest, offset, len, &progress)
+                        .await
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.map_err(|e| StoreError::Unsupported(format!("download task: {e}")))??;
+            }
+        }
+        file.sync_all().map_err(|e| io("fsync", e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &BackupKey) -> Result<(), StoreError> {
+        if self.get_manifest(key).await?.is_none() {
+            return Err(self.not_found(key));
+        }
+        self.delete_object(&self.object(key, MANIFEST_NAME)).await?;
+        self.delete_object(&self.object(key, ARCHIVE_NAME)).await?;
+        self.abort_uploads(key).await
+    }
+
+    async fn remove_incomplete(&self, key: &BackupKey) -> Result<(), StoreError> {
+        if self.get_manifest(key).await?.is_some() {
+            return Err(StoreError::Unsupported(format!(
+                "zone {}: {key} has a manifest: it is a committed backup, not an incomplete one",
+                self.url
+            )));
+        }
+        self.delete_object(&self.object(key, ARCHIVE_NAME)).await?;
+        self.abort_uploads(key).await
+    }
+}

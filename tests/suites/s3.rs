@@ -1,0 +1,304 @@
+//! The deletion and reserved zones on a real S3 server (the fixture of
+//! `support/s3.rs`: an external server, MinIO in Docker, Garage, or an in-process s3s-fs
+//! server, in that order of preference). The same cases run on each.
+
+#[path = "../support/s3.rs"]
+mod s3;
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+
+use support::{Host, assert_same_tree, entry_of, make_tree};
+
+/// A host whose deletion and reserved zones are fresh buckets on the fixture's server.
+/// `caps` = (black box, deletion, reserved) max_backups; `extra` is more TOML tables.
+fn s3_host(caps: (u64, u64, u64), extra: &str) -> (Host, String, String) {
+    s3_host_on(s3::shared(), caps, extra)
+}
+
+fn s3_host_on(server: &s3::S3, caps: (u64, u64, u64), extra: &str) -> (Host, String, String) {
+    let deletion = server.bucket("tk-deletion");
+    let reserved = server.bucket("tk-reserved");
+    let mut host = Host::new(&format!(
+        "{}[zones.black_box]\nmax_backups = {}\n\
+         [zones.deletion]\nurl = \"s3://{deletion}/zone\"\nmax_backups = {}\n\
+         [zones.reserved]\nurl = \"s3://{reserved}\"\nmax_backups = {}\n{extra}",
+        server.config_section(),
+        caps.0,
+        caps.1,
+        caps.2
+    ));
+    host.env = server.env();
+    (host, deletion, reserved)
+}
+
+fn id(v: &serde_json::Value) -> String {
+    v["id"].as_str().expect("id").to_owned()
+}
+
+fn ids(host: &Host, zone: &str) -> Vec<String> {
+    let mut v: Vec<String> = host.list(Some(zone)).iter().map(id).collect();
+    v.sort();
+    v
+}
+
+/// Committed backups in a bucket (ids whose manifest.json exists), and other objects.
+fn bucket_state(bucket: &str) -> (Vec<String>, Vec<String>) {
+    bucket_state_on(s3::shared(), bucket)
+}
+
+fn bucket_state_on(server: &s3::S3, bucket: &str) -> (Vec<String>, Vec<String>) {
+    let keys = server.keys(bucket);
+    let mut committed = Vec::new();
+    let mut others = Vec::new();
+    for k in &keys {
+        if let Some(dir) = k.strip_suffix("/manifest.json") {
+            committed.push(dir.rsplit('/').next().expect("id").to_owned());
+        } else if let Some(dir) = k.strip_suffix("/archive.tar.zst") {
+            let has_manifest = keys.contains(&format!("{dir}/manifest.json"));
+            if !has_manifest {
+                others.push(k.clone());
+            }
+        } else {
+            others.push(k.clone());
+        }
+    }
+    committed.sort();
+    (committed, others)
+}
+
+fn restore_and_compare(host: &Host, backup: &str) -> String {
+    let target = host.root().join(format!("restore-{backup}"));
+    let out = host.ok(&["restore", backup, "--to", target.to_str().expect("utf8")]);
+    assert_same_tree(&host.src(), &target.join(entry_of(&host.src())));
+    fs::remove_dir_all(&target).expect("cleanup");
+    out
+}
+
+#[test]
+fn aging_and_eviction_into_a_bucket_and_restore_from_it() {
+    let (host, deletion, _reserved) = s3_host((1, 2, 10), "");
+    make_tree(&host.src());
+    host.ok(&["config", "check"]);
+    let a = host.backup(&[]);
+    let b = host.backup(&[]); // a ages into the bucket
+    let (committed, others) = bucket_state(&deletion);
+    assert_eq!(committed, vec![id(&a)]);
+    assert!(others.is_empty(), "{others:?}");
+    assert!(
+        !host.zone_dir("black-box", &id(&a)).exists(),
+        "the local copy went after the upload verified"
+    );
+    let c = host.backup(&[]); // b ages
+    let d = host.backup(&[]); // the bucket is full: a (the earliest) is evicted, then c ages
+    assert_eq!(bucket_state(&deletion).0, vec![id(&b), id(&c)]);
+    assert_eq!(ids(&host, "deletion"), vec![id(&b), id(&c)]);
+    assert_eq!(ids(&host, "black-box"), vec![id(&d)]);
+    let trail = host.ok(&["catalog", "history", &id(&a)]);
+    assert!(trail.contains("evicted"), "{trail}");
+
+    // Restore from the deletion zone: exported and verified first, bit-identical.
+    let out = restore_and_compare(&host, &id(&b));
+    assert!(out.contains("exported and verified first"), "{out}");
+    // `export` writes an archive that zstd and tar restore.
+    let file = host.root().join("c.tar.zst");
+    host.ok(&["export", &id(&c), "--to", file.to_str().expect("utf8")]);
+    let target = host.root().join("by-tar");
+    fs::create_dir(&target).expect("mkdir");
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("zstd -d -q < \"$1\" | tar -xp -C \"$2\"")
+        .arg("sh")
+        .arg(&file)
+        .arg(&target)
+        .status()
+        .expect("zstd | tar");
+    assert!(st.success());
+    assert_same_tree(&host.src(), &target.join(entry_of(&host.src())));
+    host.ok(&["verify", "--all", "--deep"]);
+
+    // A lost catalog comes back from the bucket.
+    for ext in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(host.data().join(format!("catalog.sqlite{ext}")));
+    }
+    host.ok(&["catalog", "rebuild"]);
+    assert_eq!(ids(&host, "deletion"), vec![id(&b), id(&c)]);
+}
+
+#[test]
+fn manual_backups_go_to_the_reserved_bucket_and_a_full_one_refuses() {
+    let (host, _deletion, reserved) = s3_host((3, 30, 1), "");
+    fs::write(host.src().join("f"), b"important").expect("write");
+    let m = host.backup(&["--manual", "--label", "before upgrade"]);
+    assert_eq!(bucket_state(&reserved).0, vec![id(&m)]);
+    let before = s3::shared().keys(&reserved);
+    let err = host.fails(&["backup", "--manual"], 3);
+    assert!(
+        err.contains("reserved zone is full") && err.contains("holds 1 of 1"),
+        "{err}"
+    );
+    assert_eq!(
+        s3::shared().keys(&reserved),
+        before,
+        "nothing changed in the bucket"
+    );
+    assert_eq!(s3::shared().uploads(&reserved), 0);
+    // tick never touches the reserved zone.
+    host.ok(&["tick"]);
+    assert_eq!(s3::shared().keys(&reserved), before);
+    restore_and_compare(&host, &id(&m));
+    host.ok(&["delete", &id(&m), "--yes"]);
+    assert!(bucket_state(&reserved).0.is_empty());
+}
+
+#[test]
+fn large_archives_use_multipart_uploads_and_ranged_downloads() {
+    let (host, deletion, _reserved) = s3_host((1, 10, 10), "");
+    // 40 MiB that does not compress: several 16 MiB parts.
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let data: Vec<u8> = (0..40 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    fs::write(host.src().join("random.bin"), &data).expect("write");
+    let a = host.backup(&[]);
+    assert!(a["archive_bytes"].as_u64().expect("bytes") > 32 << 20);
+    host.backup(&[]);
+    assert_eq!(bucket_state(&deletion).0, vec![id(&a)]);
+    assert_eq!(
+        s3::shared().uploads(&deletion),
+        0,
+        "no multipart upload left open"
+    );
+    restore_and_compare(&host, &id(&a));
+}
+
+#[test]
+fn a_kill_at_any_step_of_a_move_to_s3_loses_nothing() {
+    for point in tierkeep::faults::MOVE_POINTS {
+        let (host, deletion, _reserved) = s3_host((1, 10, 10), "");
+        make_tree(&host.src());
+        let a = host.backup(&[]);
+        let out = host
+            .cmd(&["backup"])
+            .env("TIERKEEP_FAULTS", format!("{point}=kill"))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.signal(), Some(6), "{point}: {:?}", out.status);
+        host.ok(&["tick"]);
+        let in_bucket = bucket_state(&deletion).0.contains(&id(&a));
+        let in_bb = host
+            .zone_dir("black-box", &id(&a))
+            .join("manifest.json")
+            .is_file();
+        assert!(
+            in_bucket ^ in_bb,
+            "{point}: in bucket {in_bucket}, in black box {in_bb}"
+        );
+        assert!(
+            bucket_state(&deletion).1.is_empty(),
+            "{point}: incomplete objects left"
+        );
+        assert_eq!(
+            s3::shared().uploads(&deletion),
+            0,
+            "{point}: upload left open"
+        );
+        let zone = if in_bucket { "deletion" } else { "black-box" };
+        assert_eq!(ids(&host, zone), vec![id(&a)], "{point}");
+        restore_and_compare(&host, &id(&a));
+        host.backup(&[]);
+        assert_eq!(bucket_state(&deletion).0, vec![id(&a)], "{point}");
+    }
+}
+
+#[test]
+fn a_stopped_server_keeps_the_backup_in_the_black_box_until_it_is_back() {
+    let server = s3::dedicated();
+    if !server.can_stop() {
+        eprintln!(
+            "not applicable: the {:?} S3 fixture cannot be stopped by the test",
+            server.kind
+        );
+        return;
+    }
+    let (host, deletion, _reserved) = s3_host_on(
+        &server,
+        (5, 10, 10),
+        "[schedule]\ninterval = \"1s\"\naging = \"1s\"\n",
+    );
+    fs::write(host.src().join("f"), vec![7u8; 1 << 20]).expect("write");
+    let a = host.backup(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    server.stop();
+    let out = host.cmd(&["tick"]).output().expect("tick");
+    server.restart();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zone s3://"), "{err}");
+    assert_eq!(
+        ids(&host, "black-box"),
+        vec![id(&a)],
+        "the backup stays in the black box"
+    );
+    assert!(
+        host.zone_dir("black-box", &id(&a))
+            .join("archive.tar.zst")
+            .is_file()
+    );
+    // Once the server is back, the move happens, once.
+    host.ok(&["tick"]);
+    assert_eq!(bucket_state_on(&server, &deletion).0, vec![id(&a)]);
+    assert!(ids(&host, "black-box").is_empty());
+    restore_and_compare(&host, &id(&a));
+}
+
+#[test]
+fn wrong_credentials_and_missing_buckets_are_explained() {
+    let server = s3::shared();
+    let mut host = Host::new(&format!(
+        "{}[zones.deletion]\nurl = \"s3://no-such-bucket-tierkeep\"\n",
+        server.config_section()
+    ));
+    host.env = server.env();
+    fs::write(host.src().join("f"), b"x").expect("write");
+    host.backup(&[]);
+    let out = host.cmd(&["backup"]).output().expect("run");
+    // The black box has room: the scheduled backup does not need the deletion zone yet.
+    assert!(out.status.success());
+    let host = {
+        let mut h = Host::new(&format!(
+            "{}[zones.black_box]\nmax_backups = 1\n[zones.deletion]\nurl = \"s3://no-such-bucket-tierkeep\"\n",
+            server.config_section()
+        ));
+        h.env = server.env();
+        h
+    };
+    fs::write(host.src().join("f"), b"x").expect("write");
+    host.backup(&[]);
+    // Now the black box is full and its backup cannot age: refused, and it stays.
+    let err = host.fails(&["backup"], 1);
+    assert!(err.contains("no-such-bucket-tierkeep"), "{err}");
+    let (mut host, _, _) = s3_host((1, 10, 10), "");
+    host.env = vec![
+        ("AWS_ACCESS_KEY_ID", "GK000000000000000000000000".into()),
+        ("AWS_SECRET_ACCESS_KEY", "0".repeat(64)),
+    ];
+    fs::write(host.src().join("f"), b"x").expect("write");
+    let err = host.fails(&["backup", "--manual"], 1);
+    assert!(
+        err.contains("denied") || err.contains("credentials") || err.contains("Access"),
+        "{err}"
+    );
+}

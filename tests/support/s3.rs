@@ -1,0 +1,551 @@
+//! The S3 test fixture (design.md, "S3 in tests"). It picks, and prints which it picked:
+//!
+//! 1. `TIERKEEP_TEST_S3_ENDPOINT` (credentials in `AWS_ACCESS_KEY_ID` /
+//!    `AWS_SECRET_ACCESS_KEY`, region in `AWS_REGION`): an external server;
+//! 2. else, if a Docker engine answers (`docker info`): MinIO in a container;
+//! 3. else, if a `garage` binary is found (`TIERKEEP_TEST_GARAGE`, or on `PATH`): a
+//!    single-node Garage started in a temporary directory, a real disk-backed S3 server
+//!    in its own process;
+//! 4. else: an s3s-fs server started in this process on 127.0.0.1, real HTTP and SigV4,
+//!    backed by a temporary directory.
+//!
+//! Every test uses its own buckets, so one server serves a whole test binary.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Which server the fixture runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    External,
+    MinioDocker,
+    Garage,
+    InProcess,
+}
+
+/// A running S3 server.
+pub struct S3 {
+    pub kind: Kind,
+    pub endpoint: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    inner: Mutex<Inner>,
+}
+
+enum Inner {
+    None,
+    Docker(String),
+    Garage {
+        child: Option<Child>,
+        bin: PathBuf,
+        config: PathBuf,
+        _dir: tempfile::TempDir,
+    },
+    InProcess {
+        runtime: tokio::runtime::Runtime,
+        task: Option<tokio::task::JoinHandle<()>>,
+        port: u16,
+        root: tempfile::TempDir,
+    },
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("random");
+    hex::encode(buf)
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn find_garage() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("TIERKEEP_TEST_GARAGE") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("garage"))
+            .find(|p| p.is_file())
+    })
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The server of this test binary, started on first use.
+pub fn shared() -> &'static S3 {
+    static S3_SERVER: OnceLock<S3> = OnceLock::new();
+    S3_SERVER.get_or_init(start)
+}
+
+/// A server of its own, for a test that stops and restarts it.
+pub fn dedicated() -> S3 {
+    start()
+}
+
+fn start() -> S3 {
+    if let Ok(endpoint) = std::env::var("TIERKEEP_TEST_S3_ENDPOINT") {
+        eprintln!("S3 fixture: external server at {endpoint}");
+        return S3 {
+            kind: Kind::External,
+            endpoint,
+            region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            access_key: std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID"),
+            secret_key: std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY"),
+            inner: Mutex::new(Inner::None),
+        };
+    }
+    if docker_answers() {
+        return start_minio_docker();
+    }
+    if let Some(bin) = find_garage() {
+        return start_garage(bin);
+    }
+    start_in_process()
+}
+
+fn start_minio_docker() -> S3 {
+    let (user, pass) = ("tierkeep", format!("tk{}", random_hex(12)));
+    let out = Command::new("docker")
+        .args(["run", "-d", "--rm", "-p", "127.0.0.1::9000"])
+        .args(["-e", &format!("MINIO_ROOT_USER={user}")])
+        .args(["-e", &format!("MINIO_ROOT_PASSWORD={pass}")])
+        .args(["minio/minio", "server", "/data"])
+        .output()
+        .expect("docker run");
+    assert!(
+        out.status.success(),
+        "docker run minio: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let port = Command::new("docker")
+        .args(["port", &id, "9000/tcp"])
+        .output()
+        .expect("docker port");
+    let mapping = String::from_utf8_lossy(&port.stdout);
+    let port: u16 = mapping
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .expect("mapped port");
+    wait_for_port(port, "MinIO");
+    eprintln!("S3 fixture: MinIO in Docker container {id} on 127.0.0.1:{port}");
+    S3 {
+        kind: Kind::MinioDocker,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        region: "us-east-1".into(),
+        access_key: user.into(),
+        secret_key: pass,
+        inner: Mutex::new(Inner::Docker(id)),
+    }
+}
+
+fn garage(bin: &Path, config: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run garage");
+    assert!(
+        out.status.success(),
+        "garage {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts `garage server` under a small shell watchdog that kills it when this test
+/// process goes away (statics are never dropped, so `Drop` cannot be relied on).
+fn spawn_garage(bin: &Path, config: &Path, log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("garage log");
+    let pidfile = config.with_extension("pid");
+    Command::new("sh")
+        .arg("-c")
+        .arg(
+            "\"$0\" -c \"$1\" server & g=$!; echo $g > \"$2\"; \
+             while kill -0 \"$3\" 2>/dev/null && kill -0 $g 2>/dev/null; do sleep 1; done; \
+             kill $g 2>/dev/null; wait $g",
+        )
+        .arg(bin)
+        .arg(config)
+        .arg(&pidfile)
+        .arg(std::process::id().to_string())
+        .env("RUST_LOG", "garage=warn")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start garage")
+}
+
+/// Kills the Garage server for real (SIGKILL) and waits for its watchdog.
+fn kill_garage(child: &mut Child, config: &Path) {
+    let pidfile = config.with_extension("pid");
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+    }
+    let _ = child.wait();
+}
+
+fn start_garage(bin: PathBuf) -> S3 {
+    let dir = tempfile::Builder::new()
+        .prefix("tierkeep-garage-")
+        .tempdir()
+        .expect("tempdir");
+    let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("garage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
+             replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+             rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+             [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+             root_domain = \".s3.garage.localhost\"\n\
+             [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+            d = dir.path().display(),
+            secret = random_hex(32),
+        ),
+    )
+    .expect("garage config");
+    let child = spawn_garage(&bin, &config, &dir.path().join("garage.log"));
+    wait_for_port(s3, "Garage");
+    // The node id is on the line that says NO ROLE ASSIGNED.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        let out = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .arg("status")
+            .output()
+            .expect("garage status");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(line) = text.lines().find(|l| l.contains("NO ROLE ASSIGNED")) {
+            break line.split_whitespace().next().expect("node id").to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "garage status never listed the node:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    garage(
+        &bin,
+        &config,
+        &["layout", "assign", "-z", "dc1", "-c", "10G", &node],
+    );
+    garage(&bin, &config, &["layout", "apply", "--version", "1"]);
+    let key_id = format!("GK{}", random_hex(12));
+    let secret = random_hex(32);
+    garage(
+        &bin,
+        &config,
+        &["key", "import", "--yes", &key_id, &secret, "-n", "tierkeep"],
+    );
+    garage(
+        &bin,
+        &config,
+        &["key", "allow", "--create-bucket", "tierkeep"],
+    );
+    eprintln!(
+        "S3 fixture: Garage ({}) on 127.0.0.1:{s3}, data in {}",
+        bin.display(),
+        dir.path().display()
+    );
+    S3 {
+        kind: Kind::Garage,
+        endpoint: format!("http://127.0.0.1:{s3}"),
+        region: "garage".into(),
+        access_key: key_id,
+        secret_key: secret,
+        inner: Mutex::new(Inner::Garage {
+            child: Some(child),
+            bin,
+            config,
+            _dir: dir,
+        }),
+    }
+}
+
+const IN_PROCESS_KEY: &str = "tierkeep-test";
+
+async fn serve_s3s(listener: tokio::net::TcpListener, root: PathBuf, secret: String) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder as ConnBuilder;
+    let fs = s3s_fs::FileSystem::new(&root).expect("s3s-fs root");
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(IN_PROCESS_KEY, secret));
+    let service = builder.build();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let _ = ConnBuilder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn start_in_process() -> S3 {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let root = tempfile::Builder::new()
+        .prefix("tierkeep-s3s-")
+        .tempdir()
+        .expect("tempdir");
+    let secret = random_hex(16);
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = runtime.spawn(serve_s3s(
+        listener,
+        root.path().to_path_buf(),
+        secret.clone(),
+    ));
+    eprintln!(
+        "S3 fixture: in-process s3s-fs server on 127.0.0.1:{port} (no TIERKEEP_TEST_S3_ENDPOINT, \
+         no Docker engine, no garage binary)"
+    );
+    S3 {
+        kind: Kind::InProcess,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        region: "us-east-1".into(),
+        access_key: IN_PROCESS_KEY.into(),
+        secret_key: secret,
+        inner: Mutex::new(Inner::InProcess {
+            runtime,
+            task: Some(task),
+            port,
+            root,
+        }),
+    }
+}
+
+impl S3 {
+    /// An S3 client for the fixture's own bookkeeping (creating buckets, inspecting).
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(http)
+            .endpoint_url(&self.endpoint)
+            .region(Region::new(self.region.clone()))
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "test",
+            ))
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    /// Creates a bucket with a unique name starting with `prefix`; returns its name.
+    pub fn bucket(&self, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", random_hex(6));
+        let client = self.client();
+        self.block_on(async {
+            client
+                .create_bucket()
+                .bucket(&name)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "create bucket {name}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    )
+                })
+        });
+        name
+    }
+
+    /// Object keys in a bucket.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let client = self.client();
+        self.block_on(async {
+            let out = client
+                .list_objects_v2()
+                .bucket(bucket)
+                .send()
+                .await
+                .expect("list objects");
+            let mut keys: Vec<String> = out
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect();
+            keys.sort();
+            keys
+        })
+    }
+
+    /// Incomplete multipart uploads in a bucket.
+    pub fn uploads(&self, bucket: &str) -> usize {
+        let client = self.client();
+        self.block_on(async {
+            client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .send()
+                .await
+                .map(|o| o.uploads().len())
+                .unwrap_or(0)
+        })
+    }
+
+    /// Environment for a `tierkeep` process using this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ]
+    }
+
+    /// The `[s3]` section of a tierkeep config for this server.
+    pub fn config_section(&self) -> String {
+        format!(
+            "[s3]\nendpoint = \"{}\"\nregion = \"{}\"\nforce_path_style = true\n",
+            self.endpoint, self.region
+        )
+    }
+
+    /// Whether this fixture can stop and restart its server.
+    pub fn can_stop(&self) -> bool {
+        matches!(self.kind, Kind::Garage | Kind::InProcess)
+    }
+
+    /// Stops the server (Garage: kill its process; in-process: stop serving and close
+    /// the port). Data stays on disk.
+    pub fn stop(&self) {
+        let mut inner = self.inner.lock().expect("lock");
+        match &mut *inner {
+            Inner::Garage { child, config, .. } => {
+                if let Some(mut c) = child.take() {
+                    kill_garage(&mut c, config);
+                }
+            }
+            Inner::InProcess { task, runtime, .. } => {
+                if let Some(t) = task.take() {
+                    t.abort();
+                    let _ = runtime.block_on(t);
+                }
+            }
+            _ => panic!("this S3 fixture cannot be stopped"),
+        }
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub fn restart(&self) {
+        let mut inner = self.inner.lock().expect("lock");
+        match &mut *inner {
+            Inner::Garage {
+                child,
+                bin,
+                config,
+                _dir,
+            } => {
+                *child = Some(spawn_garage(bin, config, &_dir.path().join("garage-2.log")));
+                let port: u16 = self
+                    .endpoint
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("port");
+                wait_for_port(port, "Garage");
+            }
+            Inner::InProcess {
+                runtime,
+                task,
+                port,
+                root,
+            } => {
+                let listener = runtime
+                    .block_on(tokio::net::TcpListener::bind(("127.0.0.1", *port)))
+                    .expect("rebind the S3 port");
+                *task = Some(runtime.spawn(serve_s3s(
+                    listener,
+                    root.path().to_path_buf(),
+                    self.secret_key.clone(),
+                )));
+            }
+            _ => panic!("this S3 fixture cannot be restarted"),
+        }
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            match &mut *inner {
+                Inner::Docker(id) => {
+                    let _ = Command::new("docker").args(["rm", "-f", id]).output();
+                }
+                Inner::Garage { child, config, .. } => {
+                    if let Some(mut c) = child.take() {
+                        kill_garage(&mut c, config);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
