@@ -43,6 +43,9 @@ pub async fn run(g: &Global, c: CatalogCommand) -> Result<ExitCode> {
             let r = tk.rebuild_catalog(now()).await?;
             if a.json {
                 print_json(&r)?;
+                if !r.unreachable.is_empty() {
+                    return Ok(ExitCode::from(1));
+                }
             } else {
                 println!(
                     "catalog rebuilt from the zones: {} backups found, {} added, {} corrected, {} missing",
