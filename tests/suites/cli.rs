@@ -392,7 +392,8 @@ fn configuration_errors_explain_themselves() {
     assert!(err.contains("is a symlink"), "{err}");
 
     // Environment beats the file; show says where each value came from; secrets stay secret.
-    let host = Host::new("[s3]\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"hunter2\"\n");
+    let host =
+        Host::new("[s3]\naccess_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"hunter2\"\n");
     let out = host
         .cmd(&["config", "show"])
         .env("TIERKEEP_ZONES__BLACK_BOX__MAX_BACKUPS", "5")

@@ -79,7 +79,7 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-fn find_garage() -> Option<PathBuf> {
+pub fn find_garage() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("TIERKEEP_TEST_GARAGE") {
         return Some(PathBuf::from(p));
     }
@@ -217,7 +217,7 @@ fn kill_garage(child: &mut Child, config: &Path) {
     let _ = child.wait();
 }
 
-fn start_garage(bin: PathBuf) -> S3 {
+pub fn start_garage(bin: PathBuf) -> S3 {
     let dir = tempfile::Builder::new()
         .prefix("tierkeep-garage-")
         .tempdir()
@@ -319,7 +319,7 @@ async fn serve_s3s(listener: tokio::net::TcpListener, root: PathBuf, secret: Str
     }
 }
 
-fn start_in_process() -> S3 {
+pub fn start_in_process() -> S3 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
