@@ -38,6 +38,8 @@ fn rclone(server: &s3::S3, args: &[&str]) -> anyhow::Result<f64> {
     let started = Instant::now();
     let out = Command::new("rclone")
         .args(args)
+        // rclone's S3 backend fails on the AWS_CA_BUNDLE these machines export.
+        .env_remove("AWS_CA_BUNDLE")
         .env("RCLONE_CONFIG_TK_TYPE", "s3")
         .env("RCLONE_CONFIG_TK_PROVIDER", "Other")
         .env("RCLONE_CONFIG_TK_ENDPOINT", &server.endpoint)

@@ -339,10 +339,7 @@ pub fn start_in_process() -> S3 {
         root.path().to_path_buf(),
         secret.clone(),
     ));
-    eprintln!(
-        "S3 fixture: in-process s3s-fs server on 127.0.0.1:{port} (no TIERKEEP_TEST_S3_ENDPOINT, \
-         no Docker engine, no garage binary)"
-    );
+    eprintln!("S3 fixture: in-process s3s-fs server on 127.0.0.1:{port}");
     S3 {
         kind: Kind::InProcess,
         endpoint: format!("http://127.0.0.1:{port}"),
