@@ -225,6 +225,25 @@ impl Catalog {
         Ok(cat)
     }
 
+    /// Runs `f` in one `IMMEDIATE` transaction and commits it.
+    fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, CatalogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| CatalogError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let result = f(&tx).and_then(|v| tx.commit().map(|()| v));
+        result.map_err(|source| CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     fn wrap(&self, source: rusqlite::Error) -> CatalogError {
         CatalogError::Sqlite {
             path: self.path.clone(),
@@ -371,27 +390,19 @@ impl Catalog {
         now: OffsetDateTime,
         reason: &str,
     ) -> Result<(), CatalogError> {
-        let path = self.path.clone();
-        let wrap = |source| CatalogError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(wrap)?;
-        upsert(&tx, m, zone, now).map_err(wrap)?;
-        event(
-            &tx,
-            now,
-            Some(m.id.as_str()),
-            "created",
-            None,
-            Some(zone),
-            reason,
-        )
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)
+        self.write(|tx| {
+            upsert(tx, m, zone, now)?;
+            event(
+                tx,
+                now,
+                Some(m.id.as_str()),
+                "created",
+                None,
+                Some(zone),
+                reason,
+            )?;
+            Ok(())
+        })
     }
 
     /// Adds a committed backup found in `zone` that the catalog does not know (a crash
@@ -405,27 +416,19 @@ impl Catalog {
         if self.get(&m.id)?.is_some() {
             return Ok(false);
         }
-        let path = self.path.clone();
-        let wrap = |source| CatalogError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(wrap)?;
-        upsert(&tx, m, zone, now).map_err(wrap)?;
-        event(
-            &tx,
-            now,
-            Some(m.id.as_str()),
-            "discovered",
-            None,
-            Some(zone),
-            "committed in the zone but missing from the catalog (an interrupted run)",
-        )
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)?;
+        self.write(|tx| {
+            upsert(tx, m, zone, now)?;
+            event(
+                tx,
+                now,
+                Some(m.id.as_str()),
+                "discovered",
+                None,
+                Some(zone),
+                "committed in the zone but missing from the catalog (an interrupted run)",
+            )?;
+            Ok(())
+        })?;
         Ok(true)
     }
 
@@ -438,31 +441,22 @@ impl Catalog {
         now: OffsetDateTime,
         reason: &str,
     ) -> Result<(), CatalogError> {
-        let path = self.path.clone();
-        let wrap = |source| CatalogError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(wrap)?;
-        tx.execute(
-            "UPDATE backups SET state = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id.as_str(), state.as_str(), ts(now)],
-        )
-        .map_err(wrap)?;
-        event(
-            &tx,
-            now,
-            Some(id.as_str()),
-            state.as_str(),
-            Some(zone),
-            None,
-            reason,
-        )
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE backups SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id.as_str(), state.as_str(), ts(now)],
+            )?;
+            event(
+                tx,
+                now,
+                Some(id.as_str()),
+                state.as_str(),
+                Some(zone),
+                None,
+                reason,
+            )?;
+            Ok(())
+        })
     }
 
     /// Records a committed move of a backup between zones (aging).
@@ -474,31 +468,22 @@ impl Catalog {
         now: OffsetDateTime,
         reason: &str,
     ) -> Result<(), CatalogError> {
-        let path = self.path.clone();
-        let wrap = |source| CatalogError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(wrap)?;
-        tx.execute(
-            "UPDATE backups SET zone = ?2, state = 'present', updated_at = ?3 WHERE id = ?1",
-            params![id.as_str(), to.as_str(), ts(now)],
-        )
-        .map_err(wrap)?;
-        event(
-            &tx,
-            now,
-            Some(id.as_str()),
-            "aged",
-            Some(from),
-            Some(to),
-            reason,
-        )
-        .map_err(wrap)?;
-        tx.commit().map_err(wrap)
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE backups SET zone = ?2, state = 'present', updated_at = ?3 WHERE id = ?1",
+                params![id.as_str(), to.as_str(), ts(now)],
+            )?;
+            event(
+                tx,
+                now,
+                Some(id.as_str()),
+                "aged",
+                Some(from),
+                Some(to),
+                reason,
+            )?;
+            Ok(())
+        })
     }
 
     /// Records an event about a backup without changing its state (an intent such as
@@ -540,20 +525,7 @@ impl Catalog {
         };
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.wrap(e))?;
         let rows = stmt
-            .query_map(params![id, limit], |r| {
-                let at: String = r.get(1)?;
-                let zf: Option<String> = r.get(4)?;
-                let zt: Option<String> = r.get(5)?;
-                Ok(Event {
-                    seq: r.get(0)?,
-                    at: parse_ts(&at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                    backup_id: r.get(2)?,
-                    kind: r.get(3)?,
-                    zone_from: zf.and_then(|z| z.parse().ok()),
-                    zone_to: zt.and_then(|z| z.parse().ok()),
-                    reason: r.get(6)?,
-                })
-            })
+            .query_map(params![id, limit], row_to_event)
             .map_err(|e| self.wrap(e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.wrap(e))
@@ -571,20 +543,7 @@ impl Catalog {
              WHERE kind IN ({list}) ORDER BY seq DESC LIMIT 1"
         );
         self.conn
-            .query_row(&sql, [], |r| {
-                let at: String = r.get(1)?;
-                let zf: Option<String> = r.get(4)?;
-                let zt: Option<String> = r.get(5)?;
-                Ok(Event {
-                    seq: r.get(0)?,
-                    at: parse_ts(&at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                    backup_id: r.get(2)?,
-                    kind: r.get(3)?,
-                    zone_from: zf.and_then(|z| z.parse().ok()),
-                    zone_to: zt.and_then(|z| z.parse().ok()),
-                    reason: r.get(6)?,
-                })
-            })
+            .query_row(&sql, [], row_to_event)
             .optional()
             .map_err(|e| self.wrap(e))
     }
@@ -653,22 +612,23 @@ impl Catalog {
             }
             map
         };
-        let tx = self
+        let txn = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(wrap)?;
+        let tx = &txn;
         for (id, (zone, m)) in &by_id {
             match existing.get(id.as_str()) {
                 Some((z, State::Present)) if z == zone => {}
                 Some((z, state)) => {
-                    upsert(&tx, m, *zone, now).map_err(wrap)?;
+                    upsert(tx, m, *zone, now).map_err(wrap)?;
                     let reason = if *state == State::Present {
                         format!("catalog said {z}; the backup is in {zone}")
                     } else {
                         format!("catalog said {}; found in {zone}", state.as_str())
                     };
                     event(
-                        &tx,
+                        tx,
                         now,
                         Some(id.as_str()),
                         "discovered",
@@ -680,9 +640,9 @@ impl Catalog {
                     report.moved.push(id.to_string());
                 }
                 None => {
-                    upsert(&tx, m, *zone, now).map_err(wrap)?;
+                    upsert(tx, m, *zone, now).map_err(wrap)?;
                     event(
-                        &tx,
+                        tx,
                         now,
                         Some(id.as_str()),
                         "discovered",
@@ -712,7 +672,7 @@ impl Catalog {
                     )
                     .map_err(wrap)?;
                     event(
-                        &tx,
+                        tx,
                         now,
                         Some(rec.id.as_str()),
                         "evicted",
@@ -730,7 +690,7 @@ impl Catalog {
                 )
                 .map_err(wrap)?;
                 event(
-                    &tx,
+                    tx,
                     now,
                     Some(rec.id.as_str()),
                     "missing",
@@ -742,7 +702,7 @@ impl Catalog {
                 report.missing.push(rec.id.to_string());
             }
         }
-        tx.commit().map_err(wrap)?;
+        txn.commit().map_err(wrap)?;
         Ok(report)
     }
 
@@ -761,6 +721,22 @@ impl Catalog {
             })
         }
     }
+}
+
+/// An `events` row selected as (seq, at, backup_id, kind, zone_from, zone_to, reason).
+fn row_to_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let at: String = r.get(1)?;
+    let zf: Option<String> = r.get(4)?;
+    let zt: Option<String> = r.get(5)?;
+    Ok(Event {
+        seq: r.get(0)?,
+        at: parse_ts(&at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        backup_id: r.get(2)?,
+        kind: r.get(3)?,
+        zone_from: zf.and_then(|z| z.parse().ok()),
+        zone_to: zt.and_then(|z| z.parse().ok()),
+        reason: r.get(6)?,
+    })
 }
 
 fn upsert(

@@ -18,7 +18,6 @@ use std::fs;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::archive::{ArchiveError, hash_file};
 use crate::catalog::{Catalog, ReconcileReport, Record, State};
 use crate::domain::{BackupView, Zone, format_duration, plan_aging, plan_room};
 use crate::faults;
@@ -286,13 +285,7 @@ impl Tierkeep {
         let (path, fetched) = match dst.local_archive(key) {
             Some(p) => (p, false),
             None => {
-                let dir = self.settings.data_dir.join("staging");
-                fs::create_dir_all(&dir).map_err(|source| OpsError::Io {
-                    what: "create",
-                    path: dir.clone(),
-                    source,
-                })?;
-                let dest = dir.join(format!(
+                let dest = self.staging()?.join(format!(
                     "{}-{}.verify.partial",
                     self.settings.host_id, rec.id
                 ));
@@ -300,24 +293,11 @@ impl Tierkeep {
                 (dest, true)
             }
         };
-        let check = path.clone();
-        let actual = tokio::task::spawn_blocking(move || hash_file(&check, &mut |_| {}))
-            .await
-            .map_err(|e| OpsError::Internal(e.to_string()))?;
+        let verified = self.verify_copy_of(rec, &path, &Progress::hidden()).await;
         if fetched {
             let _ = fs::remove_file(&path);
         }
-        let actual = actual?;
-        if actual.0 != rec.size_bytes || !actual.1.eq_ignore_ascii_case(&rec.sha256) {
-            return Err(ArchiveError::Mismatch {
-                expected_bytes: rec.size_bytes,
-                expected_sha256: rec.sha256.clone(),
-                actual_bytes: actual.0,
-                actual_sha256: actual.1,
-            }
-            .into());
-        }
-        Ok(())
+        verified
     }
 
     /// Ages black-box backups out early until `incoming` more fit in the black box.

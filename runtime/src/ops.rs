@@ -13,7 +13,7 @@ use crate::archive::read::{
     ExtractOptions, ExtractSummary, check_archive, extract, running_as_root,
 };
 use crate::archive::write::{WriteOptions, estimate, write_archive};
-use crate::archive::{ArchiveError, MANIFEST_FORMAT, Manifest, hash_file};
+use crate::archive::{ArchiveError, MANIFEST_FORMAT, Manifest, verify_file};
 use crate::catalog::{Catalog, CatalogError, Record, State};
 use crate::config::Settings;
 use crate::domain::{
@@ -226,7 +226,28 @@ impl Tierkeep {
         Ok(Catalog::open(&self.settings.catalog_path())?)
     }
 
-    fn staging(&self) -> Result<PathBuf, OpsError> {
+    /// Hashes a local copy of `rec`'s archive on a blocking thread and compares it with
+    /// the catalog's size and SHA-256.
+    pub(crate) async fn verify_copy_of(
+        &self,
+        rec: &Record,
+        path: &Path,
+        progress: &Progress,
+    ) -> Result<(), OpsError> {
+        let expected = (rec.size_bytes, rec.sha256.clone());
+        let check = path.to_path_buf();
+        let bar = progress.clone();
+        bar.phase("verify", rec.size_bytes);
+        tokio::task::spawn_blocking(move || {
+            let mut cb = |n| bar.inc(n);
+            verify_file(&check, &expected, &mut cb)
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))??;
+        Ok(())
+    }
+
+    pub(crate) fn staging(&self) -> Result<PathBuf, OpsError> {
         let dir = self.settings.data_dir.join("staging");
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         Ok(dir)
@@ -508,27 +529,11 @@ impl Tierkeep {
             (dest, true)
         };
         // Verify before anything is extracted, so a damaged copy never overwrites data.
-        let expected = (rec.size_bytes, rec.sha256.clone());
-        let check = path.clone();
-        let bar = progress.clone();
-        bar.phase("verify", rec.size_bytes);
-        let actual = tokio::task::spawn_blocking(move || {
-            let mut cb = |n| bar.inc(n);
-            hash_file(&check, &mut cb)
-        })
-        .await
-        .map_err(|e| OpsError::Internal(e.to_string()))??;
-        if actual.0 != expected.0 || !actual.1.eq_ignore_ascii_case(&expected.1) {
+        if let Err(e) = self.verify_copy_of(rec, &path, progress).await {
             if exported {
                 let _ = fs::remove_file(&path);
             }
-            return Err(ArchiveError::Mismatch {
-                expected_bytes: expected.0,
-                expected_sha256: expected.1,
-                actual_bytes: actual.0,
-                actual_sha256: actual.1,
-            }
-            .into());
+            return Err(e);
         }
         Ok((path, exported))
     }
@@ -628,25 +633,11 @@ impl Tierkeep {
         store
             .fetch_archive(&key, &partial, progress.callback())
             .await?;
-        let bar = progress.clone();
-        bar.phase("verify", rec.size_bytes);
-        let check = partial.clone();
-        let actual = tokio::task::spawn_blocking(move || {
-            let mut cb = |n| bar.inc(n);
-            hash_file(&check, &mut cb)
-        })
-        .await
-        .map_err(|e| OpsError::Internal(e.to_string()))??;
+        let verified = self.verify_copy_of(&rec, &partial, progress).await;
         progress.finish();
-        if actual.0 != rec.size_bytes || !actual.1.eq_ignore_ascii_case(&rec.sha256) {
+        if let Err(e) = verified {
             let _ = fs::remove_file(&partial);
-            return Err(ArchiveError::Mismatch {
-                expected_bytes: rec.size_bytes,
-                expected_sha256: rec.sha256.clone(),
-                actual_bytes: actual.0,
-                actual_sha256: actual.1,
-            }
-            .into());
+            return Err(e);
         }
         fs::rename(&partial, to).map_err(io_err("rename to", to))?;
         Ok(rec)
@@ -719,16 +710,7 @@ impl Tierkeep {
             if deep {
                 check_archive(&check, Some(&expected), &mut cb).map(|_| ())
             } else {
-                let actual = hash_file(&check, &mut cb)?;
-                if actual.0 != expected.0 || !actual.1.eq_ignore_ascii_case(&expected.1) {
-                    return Err(ArchiveError::Mismatch {
-                        expected_bytes: expected.0,
-                        expected_sha256: expected.1,
-                        actual_bytes: actual.0,
-                        actual_sha256: actual.1,
-                    });
-                }
-                Ok(())
+                verify_file(&check, &expected, &mut cb)
             }
         })
         .await

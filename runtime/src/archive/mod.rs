@@ -249,6 +249,24 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Hashes a whole file and compares it with `expected` (size, hex SHA-256).
+pub fn verify_file(
+    path: &std::path::Path,
+    expected: &(u64, String),
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ArchiveError> {
+    let actual = hash_file(path, progress)?;
+    if actual.0 != expected.0 || !actual.1.eq_ignore_ascii_case(&expected.1) {
+        return Err(ArchiveError::Mismatch {
+            expected_bytes: expected.0,
+            expected_sha256: expected.1.clone(),
+            actual_bytes: actual.0,
+            actual_sha256: actual.1,
+        });
+    }
+    Ok(())
+}
+
 /// Hashes a whole file: (bytes, hex SHA-256).
 pub fn hash_file(
     path: &std::path::Path,

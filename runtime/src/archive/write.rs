@@ -63,21 +63,56 @@ pub fn compile_excludes(patterns: &[String]) -> Result<GlobSet, String> {
     b.build().map_err(|e| e.to_string())
 }
 
+/// What a walk leaves out: exclude globs (matched before `lstat`), and the skip
+/// directories by identity (dev, inode), resolved once, so a skip directory reached by
+/// another name (a bind mount, a symlinked parent) is left out too.
+struct Skip {
+    excludes: GlobSet,
+    dirs: Vec<(u64, u64)>,
+}
+
+impl Skip {
+    fn new(opts: &WriteOptions) -> Result<Skip, String> {
+        Ok(Skip {
+            excludes: compile_excludes(&opts.exclude)?,
+            dirs: opts
+                .skip_paths
+                .iter()
+                .filter_map(|p| fs::metadata(p).ok())
+                .map(|m| (m.dev(), m.ino()))
+                .collect(),
+        })
+    }
+
+    fn by_name(&self, path: &Path) -> bool {
+        !self.excludes.is_empty()
+            && (self.excludes.is_match(path)
+                || path.file_name().is_some_and(|n| self.excludes.is_match(n)))
+    }
+
+    fn by_identity(&self, md: &Metadata) -> bool {
+        md.is_dir() && self.dirs.contains(&(md.dev(), md.ino()))
+    }
+}
+
 /// Counts the bytes and entries a backup of `opts` would read (for progress bars).
 pub fn estimate(opts: &WriteOptions) -> (u64, u64) {
-    let Ok(excludes) = compile_excludes(&opts.exclude) else {
+    let Ok(skip) = Skip::new(opts) else {
         return (0, 0);
     };
     let mut bytes = 0;
     let mut entries = 0;
     let mut stack: Vec<PathBuf> = opts.sources.clone();
     while let Some(p) = stack.pop() {
-        if is_skipped(&p, &excludes, &opts.skip_paths) {
+        if skip.by_name(&p) {
             continue;
         }
         let Ok(md) = fs::symlink_metadata(&p) else {
             continue;
         };
+        if skip.by_identity(&md) {
+            continue;
+        }
         entries += 1;
         if md.is_file() {
             bytes += md.len();
@@ -90,26 +125,6 @@ pub fn estimate(opts: &WriteOptions) -> (u64, u64) {
     (bytes, entries)
 }
 
-fn is_skipped(path: &Path, excludes: &GlobSet, skip: &[PathBuf]) -> bool {
-    if skip.iter().any(|s| s == path) {
-        return true;
-    }
-    // The same directory reached by another name (a bind mount, a symlinked parent).
-    if !skip.is_empty()
-        && let Ok(md) = fs::symlink_metadata(path)
-        && md.is_dir()
-        && skip
-            .iter()
-            .any(|s| fs::metadata(s).is_ok_and(|m| m.dev() == md.dev() && m.ino() == md.ino()))
-    {
-        return true;
-    }
-    if excludes.is_empty() {
-        return false;
-    }
-    excludes.is_match(path) || path.file_name().is_some_and(|n| excludes.is_match(n))
-}
-
 /// Writes an archive of `opts.sources` to `out`, calling `progress` with the number of
 /// source bytes read as it goes.
 pub fn write_archive(
@@ -117,7 +132,7 @@ pub fn write_archive(
     out: &Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<WriteSummary, ArchiveError> {
-    let excludes = compile_excludes(&opts.exclude).map_err(|e| ArchiveError::Stream {
+    let skip = Skip::new(opts).map_err(|e| ArchiveError::Stream {
         action: "setup",
         source: io::Error::new(io::ErrorKind::InvalidInput, e),
     })?;
@@ -135,8 +150,7 @@ pub fn write_archive(
     }
     let mut w = Writer {
         tar: tar::Builder::new(encoder),
-        excludes,
-        skip: &opts.skip_paths,
+        skip,
         links: HashMap::new(),
         summary: WriteSummary::default(),
         buf: vec![0u8; 1 << 20],
@@ -163,8 +177,7 @@ pub fn write_archive(
 
 struct Writer<'a, W: Write> {
     tar: tar::Builder<W>,
-    excludes: GlobSet,
-    skip: &'a [PathBuf],
+    skip: Skip,
     /// (dev, inode) of files with several links → the entry name written first.
     links: HashMap<(u64, u64), Vec<u8>>,
     summary: WriteSummary,
@@ -192,7 +205,7 @@ impl<W: Write> Writer<'_, W> {
         // Depth-first, names sorted, so archives of the same tree are laid out alike.
         let mut stack = vec![root.to_path_buf()];
         while let Some(path) = stack.pop() {
-            if is_skipped(&path, &self.excludes, self.skip) {
+            if self.skip.by_name(&path) {
                 continue;
             }
             let md = match fs::symlink_metadata(&path) {
@@ -203,6 +216,9 @@ impl<W: Write> Writer<'_, W> {
                 }
                 Err(e) => return Err(ArchiveError::io("stat", &path, e)),
             };
+            if self.skip.by_identity(&md) {
+                continue;
+            }
             let ft = md.file_type();
             if ft.is_dir() {
                 self.add_dir(&path, &md)?;
