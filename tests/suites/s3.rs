@@ -69,14 +69,6 @@ fn bucket_state_on(server: &s3::S3, bucket: &str) -> (Vec<String>, Vec<String>) 
     (committed, others)
 }
 
-fn restore_and_compare(host: &Host, backup: &str) -> String {
-    let target = host.root().join(format!("restore-{backup}"));
-    let out = host.ok(&["restore", backup, "--to", target.to_str().expect("utf8")]);
-    assert_same_tree(&host.src(), &target.join(entry_of(&host.src())));
-    fs::remove_dir_all(&target).expect("cleanup");
-    out
-}
-
 #[test]
 fn aging_and_eviction_into_a_bucket_and_restore_from_it() {
     let (host, deletion, _reserved) = s3_host((1, 2, 10), "");
@@ -100,22 +92,13 @@ fn aging_and_eviction_into_a_bucket_and_restore_from_it() {
     assert!(trail.contains("evicted"), "{trail}");
 
     // Restore from the deletion zone: exported and verified first, bit-identical.
-    let out = restore_and_compare(&host, &id(&b));
+    let out = host.restore_and_compare(&id(&b));
     assert!(out.contains("exported and verified first"), "{out}");
     // `export` writes an archive that zstd and tar restore.
     let file = host.root().join("c.tar.zst");
     host.ok(&["export", &id(&c), "--to", file.to_str().expect("utf8")]);
     let target = host.root().join("by-tar");
-    fs::create_dir(&target).expect("mkdir");
-    let st = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("zstd -d -q < \"$1\" | tar -xp -C \"$2\"")
-        .arg("sh")
-        .arg(&file)
-        .arg(&target)
-        .status()
-        .expect("zstd | tar");
-    assert!(st.success());
+    support::untar_with_standard_tools(&file, &target);
     assert_same_tree(&host.src(), &target.join(entry_of(&host.src())));
     host.ok(&["verify", "--all", "--deep"]);
 
@@ -148,7 +131,7 @@ fn manual_backups_go_to_the_reserved_bucket_and_a_full_one_refuses() {
     // tick never touches the reserved zone.
     host.ok(&["tick"]);
     assert_eq!(s3::shared().keys(&reserved), before);
-    restore_and_compare(&host, &id(&m));
+    host.restore_and_compare(&id(&m));
     host.ok(&["delete", &id(&m), "--yes"]);
     assert!(bucket_state(&reserved).0.is_empty());
 }
@@ -176,7 +159,7 @@ fn large_archives_use_multipart_uploads_and_ranged_downloads() {
         0,
         "no multipart upload left open"
     );
-    restore_and_compare(&host, &id(&a));
+    host.restore_and_compare(&id(&a));
 }
 
 #[test]
@@ -212,7 +195,7 @@ fn a_kill_at_any_step_of_a_move_to_s3_loses_nothing() {
         );
         let zone = if in_bucket { "deletion" } else { "black-box" };
         assert_eq!(ids(&host, zone), vec![id(&a)], "{point}");
-        restore_and_compare(&host, &id(&a));
+        host.restore_and_compare(&id(&a));
         host.backup(&[]);
         assert_eq!(bucket_state(&deletion).0, vec![id(&a)], "{point}");
     }
@@ -261,7 +244,7 @@ fn a_stopped_server_keeps_the_backup_in_the_black_box_until_it_is_back() {
     host.ok(&["tick"]);
     assert_eq!(bucket_state_on(&server, &deletion).0, vec![id(&a)]);
     assert!(ids(&host, "black-box").is_empty());
-    restore_and_compare(&host, &id(&a));
+    host.restore_and_compare(&id(&a));
 }
 
 #[test]

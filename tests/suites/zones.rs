@@ -9,7 +9,6 @@ mod support;
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 
 use support::{Host, assert_same_tree, entry_of, make_tree};
 
@@ -70,14 +69,6 @@ fn assert_consistent(host: &Host) {
     );
 }
 
-fn restore_and_compare(host: &Host, id: &str, src: &Path) -> String {
-    let target = host.root().join(format!("restore-{id}"));
-    let out = host.ok(&["restore", id, "--to", target.to_str().expect("utf8")]);
-    assert_same_tree(src, &target.join(entry_of(src)));
-    fs::remove_dir_all(&target).expect("cleanup");
-    out
-}
-
 #[test]
 fn aging_eviction_and_restore_from_the_deletion_zone() {
     let host = Host::new(
@@ -108,22 +99,13 @@ fn aging_eviction_and_restore_from_the_deletion_zone() {
     host.fails(&["restore", &id(&a), "--to", "/tmp/never"], 3);
 
     // Restore from the deletion zone exports and verifies first, and is bit-identical.
-    let out = restore_and_compare(&host, &id(&b), &host.src());
+    let out = host.restore_and_compare(&id(&b));
     assert!(out.contains("exported and verified first"), "{out}");
     // `export` from the deletion zone restores with standard tools.
     let file = host.root().join("b.tar.zst");
     host.ok(&["export", &id(&b), "--to", file.to_str().expect("utf8")]);
     let target = host.root().join("by-tar");
-    fs::create_dir(&target).expect("mkdir");
-    let st = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("zstd -d -q < \"$1\" | tar -xp -C \"$2\"")
-        .arg("sh")
-        .arg(&file)
-        .arg(&target)
-        .status()
-        .expect("zstd | tar");
-    assert!(st.success());
+    support::untar_with_standard_tools(&file, &target);
     assert_same_tree(&host.src(), &target.join(entry_of(&host.src())));
 
     // tick never touches the reserved zone, and has nothing else to do before T2.
@@ -178,7 +160,7 @@ fn a_kill_at_any_step_of_a_move_loses_nothing() {
             .filter(|z| committed(&host, z).contains(&a_id))
             .collect();
         assert_eq!(holding.len(), 1, "{point}: {a_id} is in {holding:?}");
-        restore_and_compare(&host, &a_id, &host.src());
+        host.restore_and_compare(&a_id);
         // And the work goes on: a later backup ages `a` if it is still in the black box.
         let b = host.backup(&[]);
         assert_eq!(committed(&host, "deletion"), vec![a_id.clone()], "{point}");

@@ -114,10 +114,38 @@ impl Host {
         serde_json::from_str(&self.ok(&args)).expect("list --json")
     }
 
+    /// Restores `id` into a fresh folder, checks the result is identical to the source
+    /// tree, removes it, and returns the command's output.
+    pub fn restore_and_compare(&self, id: &str) -> String {
+        let target = self.root().join(format!("restore-{id}"));
+        let out = self.ok(&["restore", id, "--to", target.to_str().expect("utf8")]);
+        assert_same_tree(&self.src(), &target.join(entry_of(&self.src())));
+        fs::remove_dir_all(&target).expect("cleanup");
+        out
+    }
+
     /// The folder of a backup in a local zone.
     pub fn zone_dir(&self, zone: &str, id: &str) -> PathBuf {
         self.data().join(zone).join("test-host").join(id)
     }
+}
+
+/// Restores an archive with standard tools alone: `zstd -d < ARCHIVE | tar -xp -C TARGET`.
+pub fn untar_with_standard_tools(archive: &Path, target: &Path) {
+    fs::create_dir_all(target).expect("mkdir");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("zstd -d -q < \"$1\" | tar -xp -C \"$2\"")
+        .arg("sh")
+        .arg(archive)
+        .arg(target)
+        .status()
+        .expect("zstd | tar");
+    assert!(
+        status.success(),
+        "zstd -d | tar -x failed on {}",
+        archive.display()
+    );
 }
 
 /// The entry name of an absolute path (its path without the leading `/`).

@@ -106,19 +106,7 @@ impl LocalStore {
             }
             Err(e) => return Err(self.err("read", &path, e)),
         };
-        let m = Manifest::from_json(&bytes).map_err(|reason| StoreError::BadManifest {
-            zone: self.url.clone(),
-            key: key.clone(),
-            reason,
-        })?;
-        if m.id != key.id || m.host_id != key.host {
-            return Err(StoreError::BadManifest {
-                zone: self.url.clone(),
-                key: key.clone(),
-                reason: format!("it describes {}/{}", m.host_id, m.id),
-            });
-        }
-        Ok(m)
+        super::parse_manifest(&self.url, key, &bytes)
     }
 
     fn put_archive_sync(

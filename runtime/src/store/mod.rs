@@ -60,6 +60,25 @@ pub enum ListedState {
     Unreadable(String),
 }
 
+/// Parses manifest bytes read from `zone` at `key`, refusing a manifest that describes
+/// another backup than the folder it sits in.
+pub(crate) fn parse_manifest(
+    zone: &str,
+    key: &BackupKey,
+    bytes: &[u8],
+) -> Result<Manifest, StoreError> {
+    let bad = |reason| StoreError::BadManifest {
+        zone: zone.to_owned(),
+        key: key.clone(),
+        reason,
+    };
+    let m = Manifest::from_json(bytes).map_err(bad)?;
+    if m.id != key.id || m.host_id != key.host {
+        return Err(bad(format!("it describes {}/{}", m.host_id, m.id)));
+    }
+    Ok(m)
+}
+
 /// Whether retrying may help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {

@@ -238,20 +238,7 @@ impl S3Store {
             message: e.to_string(),
             retry: Retry::Temporary,
         })?;
-        let m =
-            Manifest::from_json(&bytes.into_bytes()).map_err(|reason| StoreError::BadManifest {
-                zone: self.url.clone(),
-                key: key.clone(),
-                reason,
-            })?;
-        if m.id != key.id || m.host_id != key.host {
-            return Err(StoreError::BadManifest {
-                zone: self.url.clone(),
-                key: key.clone(),
-                reason: format!("it describes {}/{}", m.host_id, m.id),
-            });
-        }
-        Ok(Some(m))
+        super::parse_manifest(&self.url, key, &bytes.into_bytes()).map(Some)
     }
 
     /// Every object key under the zone's prefix.
