@@ -664,7 +664,8 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
     if raw.s3.access_key_id.is_some() != raw.s3.secret_access_key.is_some() {
         problems.push(
             "s3.access_key_id and s3.secret_access_key go together: set both, or neither to \
-             use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+             use the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, \
+             AWS_PROFILE, instance role)"
                 .into(),
         );
     }

@@ -3,7 +3,10 @@
 //! Every step of a move between zones (and of an eviction) passes a named point. Setting
 //! `TIERKEEP_FAULTS=name=kill` makes the process abort (SIGABRT, no clean-up, like a
 //! crash or `kill -9`) when it reaches `name`; `name=error` makes that step fail with an
-//! error instead, as a lost connection would. Several points are separated by commas.
+//! error instead, as a lost connection would; `name=pause:MS` (at points passed through
+//! [`checkpoint`], such as `s3.part_uploaded` after each part of a multipart upload)
+//! sleeps there, so that a test can stop a real server mid-transfer. Several points are
+//! separated by commas.
 //! Unset, every point is a no-op costing one lookup in an empty list.
 
 use std::sync::OnceLock;
@@ -47,9 +50,25 @@ pub fn point(name: &str) -> Result<(), InjectedFault> {
                     eprintln!("tierkeep: fault injection: killing the process at {name}");
                     std::process::abort();
                 }
+                a if a.starts_with("pause:") => {}
                 _ => return Err(InjectedFault(name.to_owned())),
             }
         }
     }
     Ok(())
+}
+
+/// Like [`point`], and also understands `pause:MS` (sleep that long at the point, after
+/// saying so on stderr) so that a test can stop a real server while work is in flight.
+pub async fn checkpoint(name: &str) -> Result<(), InjectedFault> {
+    for (n, action) in configured() {
+        if n == name
+            && let Some(ms) = action.strip_prefix("pause:")
+        {
+            let ms: u64 = ms.parse().unwrap_or(1000);
+            eprintln!("tierkeep: fault injection: pausing {ms} ms at {name}");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
+    point(name)
 }

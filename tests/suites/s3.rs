@@ -248,6 +248,132 @@ fn a_stopped_server_keeps_the_backup_in_the_black_box_until_it_is_back() {
 }
 
 #[test]
+fn a_server_stopped_mid_upload_loses_nothing_and_the_move_finishes_later() {
+    let server = s3::dedicated();
+    if !server.can_stop() {
+        eprintln!(
+            "not applicable: the {:?} S3 fixture cannot be stopped by the test",
+            server.kind
+        );
+        return;
+    }
+    let (host, deletion, _reserved) = s3_host_on(
+        &server,
+        (5, 10, 10),
+        "[schedule]\ninterval = \"1s\"\naging = \"1s\"\n",
+    );
+    // 80 MiB of random data: a multipart upload of five 16 MiB parts, four in flight.
+    let mut data = vec![0u8; 80 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    fs::write(host.src().join("big"), &data).expect("write");
+    drop(data);
+    let a = host.backup(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Every finished part pauses 1.5 s; the server is stopped at the first pause, so
+    // the remaining parts meet a dead server.
+    let mut child = host
+        .std_cmd(&["tick"])
+        .env("TIERKEEP_FAULTS", "s3.part_uploaded=pause:1500")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tick");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("stderr line");
+        let paused = line.contains("pausing");
+        seen.push(line);
+        if paused {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("pausing")),
+        "no part was uploaded: {seen:#?}"
+    );
+    server.stop();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(1), "{seen:#?}\n{rest:#?}");
+    let err = rest.join("\n");
+    assert!(err.contains("zone s3://"), "{err}");
+    assert_eq!(ids(&host, "black-box"), vec![id(&a)], "the backup stays");
+    let local = host.zone_dir("black-box", &id(&a)).join("archive.tar.zst");
+    assert_eq!(
+        support::sha256_file(&local),
+        a["archive_sha256"].as_str().expect("sha256"),
+        "the black-box copy is intact"
+    );
+    server.restart();
+    host.ok(&["tick"]);
+    assert_eq!(bucket_state_on(&server, &deletion), (vec![id(&a)], vec![]));
+    if server.lists_uploads() {
+        assert_eq!(server.uploads(&deletion), 0, "the stale upload was aborted");
+    }
+    assert!(ids(&host, "black-box").is_empty());
+    host.restore_and_compare(&id(&a));
+}
+
+#[test]
+fn credentials_come_from_the_standard_aws_chain() {
+    let server = s3::shared();
+    let (mut host, deletion, reserved) = s3_host((1, 10, 10), "");
+    // No keys in the config or in AWS_ACCESS_KEY_ID: a named profile in a shared
+    // credentials file, as on an operator's host.
+    let creds = host.root().join("aws-credentials");
+    fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n\
+             [backup]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            server.access_key, server.secret_key
+        ),
+    )
+    .expect("write credentials");
+    host.env = vec![
+        ("AWS_SHARED_CREDENTIALS_FILE", creds.display().to_string()),
+        (
+            "AWS_CONFIG_FILE",
+            host.root().join("no-config").display().to_string(),
+        ),
+        ("AWS_PROFILE", "backup".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ];
+    fs::write(host.src().join("f"), b"profile").expect("write");
+    let m = host.backup(&["--manual"]);
+    assert_eq!(bucket_state(&reserved).0, vec![id(&m)]);
+    host.backup(&[]);
+    host.backup(&[]);
+    assert_eq!(
+        bucket_state(&deletion).0.len(),
+        1,
+        "aged through the profile's keys"
+    );
+    // With nothing in the chain, the error says where credentials can come from.
+    host.env = vec![
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            host.root().join("none").display().to_string(),
+        ),
+        (
+            "AWS_CONFIG_FILE",
+            host.root().join("none").display().to_string(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ];
+    let err = host.fails(&["backup", "--manual"], 1);
+    assert!(err.contains("no usable S3 credentials"), "{err}");
+    assert!(err.contains("AWS_PROFILE"), "{err}");
+}
+
+#[test]
 fn wrong_credentials_and_missing_buckets_are_explained() {
     let server = s3::shared();
     let mut host = Host::new(&format!(

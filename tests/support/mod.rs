@@ -61,9 +61,23 @@ impl Host {
 
     /// `tierkeep --config <this host's config> ARGS`.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::cargo_bin("tierkeep").expect("tierkeep binary");
+        Command::from_std(self.std_cmd(args))
+    }
+
+    /// The same command as a `std::process::Command`, to spawn and watch.
+    pub fn std_cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("tierkeep"));
         c.arg("--config").arg(&self.config).args(args);
         c.env_remove("TIERKEEP_LOG");
+        // Only what the test gives: no credentials or profile from the caller's shell.
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ] {
+            c.env_remove(k);
+        }
         for (k, v) in &self.env {
             c.env(k, v);
         }

@@ -306,12 +306,16 @@ async fn serve_s3s(listener: tokio::net::TcpListener, root: PathBuf, secret: Str
     let mut builder = s3s::service::S3ServiceBuilder::new(fs);
     builder.set_auth(s3s::auth::SimpleAuth::from_single(IN_PROCESS_KEY, secret));
     let service = builder.build();
+    // Connections live in this task's set: aborting the server task (stop()) drops the
+    // set, which closes every open connection too, as a killed server would.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        while connections.try_join_next().is_some() {}
         let service = service.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = ConnBuilder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -433,6 +437,11 @@ impl S3 {
             keys.sort();
             keys
         })
+    }
+
+    /// Whether the server answers ListMultipartUploads (s3s-fs does not).
+    pub fn lists_uploads(&self) -> bool {
+        !matches!(self.kind, Kind::InProcess)
     }
 
     /// Incomplete multipart uploads in a bucket.

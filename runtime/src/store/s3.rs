@@ -15,9 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::provider_config::ProviderConfig;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedHttpClient};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -46,10 +50,55 @@ pub struct S3Settings {
     pub region: Option<String>,
     /// Path-style addressing (MinIO, Garage).
     pub force_path_style: bool,
-    /// Static credentials; `None` uses the environment (`AWS_ACCESS_KEY_ID`, ...).
+    /// Static credentials; `None` uses the standard AWS chain (environment, shared
+    /// config/credentials files and `AWS_PROFILE`, web identity, ECS, EC2 instance
+    /// metadata).
     pub credentials: Option<(String, String)>,
     /// Object Lock retention for new manual backups, where the bucket supports it.
     pub lock_retention: Option<Duration>,
+}
+
+/// The standard AWS credential chain, built on first use (building it is async, opening a
+/// store is not). The SDK caches the credentials it returns and refreshes them before
+/// they expire.
+#[derive(Debug)]
+struct StandardChain {
+    region: Region,
+    http: SharedHttpClient,
+    chain: tokio::sync::OnceCell<DefaultCredentialsChain>,
+}
+
+impl ProvideCredentials for StandardChain {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            let chain = self
+                .chain
+                .get_or_init(|| async {
+                    DefaultCredentialsChain::builder()
+                        .region(self.region.clone())
+                        .configure(ProviderConfig::default().with_http_client(self.http.clone()))
+                        .build()
+                        .await
+                })
+                .await;
+            chain.provide_credentials().await
+        })
+    }
+}
+
+/// The credential provider's error behind an SDK error, if that is what failed.
+fn credentials_error<E: std::error::Error + 'static>(e: &E) -> Option<&CredentialsError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(cred) = c.downcast_ref::<CredentialsError>() {
+            return Some(cred);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// A zone in an S3 bucket.
@@ -86,41 +135,33 @@ impl S3Store {
             .or_else(|| std::env::var("AWS_REGION").ok())
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
             .unwrap_or_else(|| "us-east-1".into());
-        let (key_id, secret) = match &settings.credentials {
-            Some((k, s)) => (k.clone(), s.clone()),
-            None => (
-                std::env::var("AWS_ACCESS_KEY_ID").map_err(|_| {
-                    StoreError::Unsupported(format!(
-                        "zone {url}: no S3 credentials: set s3.access_key_id and \
-                         s3.secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                    ))
-                })?,
-                std::env::var("AWS_SECRET_ACCESS_KEY").map_err(|_| {
-                    StoreError::Unsupported(format!(
-                        "zone {url}: AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"
-                    ))
-                })?,
-            ),
-        };
-        let session = std::env::var("AWS_SESSION_TOKEN").ok();
         // rustls with ring: http:// and https:// endpoints without building aws-lc.
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
+        let region = Region::new(region);
+        let credentials = match &settings.credentials {
+            Some((key_id, secret)) => SharedCredentialsProvider::new(Credentials::new(
+                key_id.clone(),
+                secret.clone(),
+                None,
+                None,
+                "tierkeep-config",
+            )),
+            None => SharedCredentialsProvider::new(StandardChain {
+                region: region.clone(),
+                http: http.clone(),
+                chain: tokio::sync::OnceCell::new(),
+            }),
+        };
         let mut conf = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .http_client(http)
-            .region(Region::new(region))
+            .region(region)
             .force_path_style(settings.force_path_style)
-            .credentials_provider(Credentials::new(
-                key_id,
-                secret,
-                session,
-                None,
-                "tierkeep-config",
-            ))
+            .credentials_provider(credentials)
             // MinIO and Garage do not all accept the SDK's default CRC checksums; the
             // archive's SHA-256 is checked end to end by tierkeep itself.
             .request_checksum_calculation(
@@ -165,6 +206,18 @@ impl S3Store {
             _ => None,
         });
         let (retry, advice) = match (&e, code.as_deref()) {
+            _ if let Some(cred) = credentials_error(&e) => (
+                match cred {
+                    CredentialsError::CredentialsNotLoaded(_)
+                    | CredentialsError::InvalidConfiguration(_) => Retry::Permanent,
+                    _ => Retry::Temporary,
+                },
+                "no usable S3 credentials: set s3.access_key_id and s3.secret_access_key, \
+                 or provide them through the standard AWS chain (AWS_ACCESS_KEY_ID / \
+                 AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws/credentials, web identity, \
+                 ECS or EC2 instance role)"
+                    .to_owned(),
+            ),
             (_, Some("NoSuchBucket")) => (
                 Retry::Permanent,
                 format!(
@@ -394,6 +447,9 @@ impl S3Store {
                     .await
                     .map_err(|e| this.err("upload part", &object, e))?;
                 progress(len);
+                crate::faults::checkpoint("s3.part_uploaded")
+                    .await
+                    .map_err(|e| StoreError::Unsupported(e.to_string()))?;
                 Ok::<_, StoreError>(
                     CompletedPart::builder()
                         .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
