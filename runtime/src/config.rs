@@ -382,10 +382,15 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
         .unwrap_or_else(|| PathBuf::from("/var/lib/tierkeep"));
 
     let policy = raw.policy.name.clone().unwrap_or_else(|| "default".into());
-    if policy != "default" {
+    if policy != "default" && raw.policy.dir.is_none() {
         problems.push(format!(
-            "policy.name `{policy}`: this build has only the built-in `default` policy \
-             (WebAssembly policies arrive with the policy host)"
+            "policy.name `{policy}`: set policy.dir to the folder holding {policy}.wasm \
+             (the built-in policy is `default`)"
+        ));
+    }
+    if policy.is_empty() || policy.contains(['/', '\\']) || policy.starts_with('.') {
+        problems.push(format!(
+            "policy.name `{policy}`: a policy name, not a path (the file is <policy.dir>/<name>.wasm)"
         ));
     }
     let builtin = policy == "default";

@@ -328,6 +328,8 @@ pub struct BackupView {
     pub created_at: OffsetDateTime,
     /// Its archive size.
     pub size_bytes: u64,
+    /// Scheduled or manual.
+    pub kind: BackupKind,
 }
 
 /// Aging (the demotion module), by the built-in rules: every black-box backup that has
@@ -645,6 +647,7 @@ mod tests {
             ),
             created_at: at,
             size_bytes: size,
+            kind: BackupKind::Scheduled,
         }
     }
 

@@ -23,9 +23,12 @@
 pub mod archive;
 pub mod catalog;
 pub mod config;
+pub mod decision;
 pub mod domain;
 pub mod faults;
 pub mod lifecycle;
 pub mod ops;
+pub mod policy;
 pub mod progress;
+pub mod simulate;
 pub mod store;

@@ -1,7 +1,8 @@
 //! The lifecycle between zones: the demotion module (aging: black box → deletion zone),
 //! the purge module (eviction from the deletion zone) and recovery after an interrupted
-//! run. Decisions come from [`crate::domain`] (the built-in rules); this module executes
-//! them so that a crash at any step leaves every backup restorable:
+//! run. Decisions come from the policy through the decision engine
+//! ([`crate::decision`], which checks every answer and falls back to the built-in rules);
+//! this module executes them so that a crash at any step leaves every backup restorable:
 //!
 //! - a move uploads, verifies, commits (manifest last) and records the move in the
 //!   catalog *before* it removes the black-box copy;
@@ -19,7 +20,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::catalog::{Catalog, ReconcileReport, Record, State};
-use crate::domain::{BackupView, Zone, format_duration, plan_aging, plan_room};
+use crate::decision::{Attempt, Decider, PolicyContext, Room, ZoneSnapshot};
+use crate::domain::{BackupView, Zone, format_duration, plan_room};
 use crate::faults;
 use crate::ops::{OpsError, Tierkeep};
 use crate::progress::Progress;
@@ -61,11 +63,51 @@ fn views(records: &[Record]) -> Vec<BackupView> {
             id: r.id.clone(),
             created_at: r.created_at,
             size_bytes: r.size_bytes,
+            kind: r.kind,
         })
         .collect()
 }
 
 impl Tierkeep {
+    /// What a policy decision may depend on, from the catalog at `now`.
+    pub fn policy_context(
+        &self,
+        catalog: &Catalog,
+        now: OffsetDateTime,
+    ) -> Result<PolicyContext, OpsError> {
+        let snap = |zone: Zone| -> Result<ZoneSnapshot, OpsError> {
+            Ok(ZoneSnapshot {
+                zone,
+                capacity: self.settings.zone(zone).capacity,
+                usage: catalog.usage(zone)?,
+            })
+        };
+        let recent = catalog
+            .events(None, 200)?
+            .into_iter()
+            .filter(|e| {
+                (e.kind == "created" && e.zone_to == Some(Zone::BlackBox))
+                    || (e.kind == "failed" && e.reason.contains("scheduled"))
+            })
+            .take(32)
+            .map(|e| Attempt {
+                at: e.at,
+                succeeded: e.kind == "created",
+            })
+            .collect();
+        Ok(PolicyContext {
+            now,
+            schedule: self.settings.schedule,
+            zones: [
+                snap(Zone::BlackBox)?,
+                snap(Zone::Deletion)?,
+                snap(Zone::Reserved)?,
+            ],
+            recent,
+            settings: self.policy_settings_json(),
+        })
+    }
+
     fn key_of(&self, rec: &Record) -> BackupKey {
         BackupKey {
             host: rec.host_id.clone(),
@@ -211,16 +253,27 @@ impl Tierkeep {
     ) -> Result<Vec<String>, OpsError> {
         let present = catalog.list(Some(Zone::Deletion))?;
         let cap = self.settings.zone(Zone::Deletion).capacity;
-        let plan = plan_room(cap, &views(&present), incoming, incoming_bytes);
+        let ctx = self.policy_context(catalog, now)?;
+        let rules = self.policy.rules();
+        let decision = Decider { rules: &*rules }.eviction(
+            &ctx,
+            &views(&present),
+            Room {
+                backups: incoming,
+                bytes: incoming_bytes,
+            },
+        );
+        crate::policy::report_fault(rules.name(), "eviction", &decision);
         let mut out = Vec::new();
-        for id in plan {
+        for id in decision.value {
             let Some(rec) = present.iter().find(|r| r.id == id) else {
                 continue;
             };
             let reason = format!(
-                "deletion zone full ({} of {} backups): the earliest is evicted first",
+                "deletion zone full ({} of {} backups): evicted in the order of policy {}",
                 present.len(),
-                cap.max_backups
+                cap.max_backups,
+                decision.by
             );
             self.evict(catalog, rec, now, &reason).await?;
             out.push(id.to_string());
@@ -349,7 +402,11 @@ impl Tierkeep {
         };
         let bb = catalog.list(Some(Zone::BlackBox))?;
         let schedule = self.settings.schedule;
-        for id in plan_aging(&schedule, now, &views(&bb)) {
+        let ctx = self.policy_context(&catalog, now)?;
+        let rules = self.policy.rules();
+        let decision = Decider { rules: &*rules }.aging(&ctx, &views(&bb));
+        crate::policy::report_fault(rules.name(), "aging", &decision);
+        for id in decision.value {
             let Some(rec) = bb.iter().find(|r| r.id == id) else {
                 continue;
             };
@@ -358,7 +415,8 @@ impl Tierkeep {
                     .await?,
             );
             let reason = format!(
-                "in the black box for {} (T2 = {})",
+                "policy {} aged it after {} in the black box (T2 = {})",
+                decision.by,
                 format_duration(
                     (now - rec.created_at)
                         .try_into()

@@ -174,6 +174,8 @@ pub struct Status {
     pub last_result: Option<crate::catalog::Event>,
     /// The policy in force.
     pub policy: String,
+    /// Why the configured policy file is not running, if it is not.
+    pub policy_error: Option<String>,
     /// The catalog file.
     pub catalog: PathBuf,
 }
@@ -190,6 +192,8 @@ pub struct Tierkeep {
     /// Effective settings.
     pub settings: Settings,
     stores: [Arc<dyn ZoneStore>; 3],
+    /// The running policy (reloaded when its file changes).
+    pub policy: Arc<crate::policy::PolicyHost>,
 }
 
 impl Tierkeep {
@@ -209,7 +213,22 @@ impl Tierkeep {
                 &settings.s3_settings(Zone::Reserved),
             )?,
         ];
-        Ok(Tierkeep { settings, stores })
+        let policy = Arc::new(crate::policy::PolicyHost::new(
+            &settings.policy,
+            settings.policy_dir.as_deref(),
+            &serde_json::to_string(&settings.policy_settings).unwrap_or_default(),
+            Some(&settings.data_dir.join("policy-cache")),
+        ));
+        Ok(Tierkeep {
+            settings,
+            stores,
+            policy,
+        })
+    }
+
+    /// The policy's settings as JSON.
+    pub fn policy_settings_json(&self) -> String {
+        serde_json::to_string(&self.settings.policy_settings).unwrap_or_default()
     }
 
     /// The store of a zone.
@@ -462,7 +481,15 @@ impl Tierkeep {
             archive_sha256: summary.archive_sha256,
             compression: "zstd".into(),
             tool_version: format!("tierkeep {}", env!("CARGO_PKG_VERSION")),
-            policy: format!("{} (built-in)", self.settings.policy),
+            policy: {
+                let st = self.policy.status();
+                match (st.running.as_str(), st.version) {
+                    ("built-in", _) => format!("{} (built-in)", st.name),
+                    (file, Some(v)) => format!("{} {v} ({file})", st.name),
+                    (file, None) => format!("{} ({file})", st.name),
+                }
+            },
+
             warnings: summary.warnings,
         };
         // A byte limit can only be checked now that the size is known.
@@ -786,7 +813,15 @@ impl Tierkeep {
             zones,
             next_backup: next_scheduled(&self.settings.schedule, last_scheduled, now),
             last_result: catalog.last_event(&["created", "failed", "refused"])?,
-            policy: format!("{} (built-in)", self.settings.policy),
+            policy: {
+                let st = self.policy.status();
+                match (st.running.as_str(), st.version) {
+                    ("built-in", _) => format!("{} (built-in)", st.name),
+                    (file, Some(v)) => format!("{} {v} ({file})", st.name),
+                    (file, None) => format!("{} ({file})", st.name),
+                }
+            },
+            policy_error: self.policy.status().error,
             catalog: catalog.path().to_path_buf(),
         })
     }

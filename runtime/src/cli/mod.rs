@@ -7,6 +7,7 @@ mod config;
 mod delete;
 mod export;
 mod list;
+mod policy;
 mod restore;
 mod status;
 mod tick;
@@ -84,6 +85,9 @@ pub enum Command {
     /// Rebuild or inspect the catalog.
     #[command(subcommand)]
     Catalog(catalog::CatalogCommand),
+    /// List, inspect, check and simulate policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 pub fn init_logging(g: &Global) {
@@ -199,6 +203,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Delete(a) => delete::run(g, a).await,
         Command::Config(c) => config::run(g, c).await,
         Command::Catalog(c) => catalog::run(g, c).await,
+        Command::Policy(c) => policy::run(g, c).await,
     }
 }
 

@@ -1,0 +1,409 @@
+//! `policy simulate`: runs a policy through the real decision engine
+//! ([`crate::decision::Decider`], with its checks and fallback) on a virtual clock, with
+//! the host's own zone rules: a scheduled backup at each interval the policy gives (some
+//! fail, at the given rate), a full black box ages its oldest early, aging as the policy
+//! decides, eviction in the policy's order before a move that would overflow. No data is
+//! written: backups are sizes on a timeline.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::decision::{Attempt, Decider, PolicyContext, Room, Rules, ZoneSnapshot};
+use crate::domain::{BackupId, BackupKind, BackupView, Capacity, Schedule, Usage, Zone, plan_room};
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimParams {
+    /// Start of the virtual clock.
+    pub start: OffsetDateTime,
+    /// How long to run.
+    pub period: Duration,
+    /// Archive size of every backup.
+    pub backup_size: u64,
+    /// Probability that a scheduled backup fails (0–1).
+    pub fail_rate: f64,
+    /// Seed for the failures.
+    pub seed: u64,
+    /// T1, T2.
+    pub schedule: Schedule,
+    /// Black box, deletion, reserved.
+    pub capacities: [Capacity; 3],
+    /// The policy's settings (JSON).
+    pub settings: String,
+}
+
+/// One event on the timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimEvent {
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `created`, `failed`, `aged` or `evicted`.
+    pub kind: &'static str,
+    /// The backup (none for a failed attempt).
+    pub id: Option<String>,
+}
+
+/// Backups per zone.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Counts {
+    /// Black box.
+    #[serde(rename = "black-box")]
+    pub black_box: u64,
+    /// Deletion zone.
+    pub deletion: u64,
+    /// Reserved zone (a simulation makes no manual backups).
+    pub reserved: u64,
+}
+
+/// Zone occupancy at one moment.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Backups per zone then.
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Bytes in the deletion zone then.
+    pub deletion_bytes: u64,
+}
+
+/// The outcome of a simulation.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimReport {
+    /// Backups per zone at the end.
+    #[serde(rename = "final")]
+    pub final_counts: Counts,
+    /// Everything that happened, in order.
+    pub events: Vec<SimEvent>,
+    /// The most backups each zone held at once.
+    pub peak: Counts,
+    /// The most bytes the deletion zone held at once.
+    pub peak_deletion_bytes: u64,
+    /// Totals.
+    pub created: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// Moves to the deletion zone.
+    pub aged: u64,
+    /// Evictions.
+    pub evicted: u64,
+    /// Decisions the policy answered itself.
+    pub decisions: u64,
+    /// Decisions that fell back to the built-in rules (a trap, a loop, a bad answer).
+    pub fallbacks: u64,
+    /// The first fallback's reason, if any.
+    pub first_fault: Option<String>,
+    /// Occupancy after each step.
+    pub samples: Vec<Sample>,
+    /// The policy that ran.
+    pub policy: String,
+}
+
+struct Sim<'a> {
+    p: &'a SimParams,
+    rules: &'a dyn Rules,
+    bb: Vec<BackupView>,
+    del: Vec<BackupView>,
+    recent: Vec<Attempt>,
+    r: SimReport,
+}
+
+impl Sim<'_> {
+    fn ctx(&self, now: OffsetDateTime) -> PolicyContext {
+        let snap = |zone, capacity, list: &[BackupView]| ZoneSnapshot {
+            zone,
+            capacity,
+            usage: Usage {
+                backups: list.len() as u64,
+                bytes: list.iter().map(|b| b.size_bytes).sum(),
+            },
+        };
+        PolicyContext {
+            now,
+            schedule: self.p.schedule,
+            zones: [
+                snap(Zone::BlackBox, self.p.capacities[0], &self.bb),
+                snap(Zone::Deletion, self.p.capacities[1], &self.del),
+                snap(Zone::Reserved, self.p.capacities[2], &[]),
+            ],
+            recent: self.recent.clone(),
+            settings: self.p.settings.clone(),
+        }
+    }
+
+    fn note<T>(&mut self, d: &crate::decision::Decision<T>) {
+        match &d.fault {
+            None => self.r.decisions += 1,
+            Some(f) => {
+                self.r.fallbacks += 1;
+                self.r.first_fault.get_or_insert_with(|| f.to_string());
+            }
+        }
+    }
+
+    fn event(&mut self, at: OffsetDateTime, kind: &'static str, id: Option<&BackupId>) {
+        self.r.events.push(SimEvent {
+            at,
+            kind,
+            id: id.map(ToString::to_string),
+        });
+    }
+
+    /// Moves `b` to the deletion zone, evicting first as the policy orders.
+    fn age(&mut self, now: OffsetDateTime, b: BackupView) {
+        let ctx = self.ctx(now);
+        let d = Decider { rules: self.rules }.eviction(
+            &ctx,
+            &self.del,
+            Room {
+                backups: 1,
+                bytes: b.size_bytes,
+            },
+        );
+        if !d.value.is_empty() || d.fault.is_some() {
+            self.note(&d);
+        }
+        for id in &d.value {
+            if let Some(i) = self.del.iter().position(|x| &x.id == id) {
+                self.del.remove(i);
+                self.event(now, "evicted", Some(id));
+                self.r.evicted += 1;
+            }
+        }
+        self.event(now, "aged", Some(&b.id));
+        self.r.aged += 1;
+        self.del.push(b);
+    }
+
+    fn sample(&mut self, at: OffsetDateTime) {
+        let counts = Counts {
+            black_box: self.bb.len() as u64,
+            deletion: self.del.len() as u64,
+            reserved: 0,
+        };
+        let deletion_bytes = self.del.iter().map(|b| b.size_bytes).sum();
+        self.r.peak.black_box = self.r.peak.black_box.max(counts.black_box);
+        self.r.peak.deletion = self.r.peak.deletion.max(counts.deletion);
+        self.r.peak_deletion_bytes = self.r.peak_deletion_bytes.max(deletion_bytes);
+        self.r.samples.push(Sample {
+            at,
+            counts,
+            deletion_bytes,
+        });
+    }
+}
+
+/// Runs `rules` over the simulated period.
+pub fn simulate(p: &SimParams, rules: &dyn Rules) -> SimReport {
+    let mut sim = Sim {
+        p,
+        rules,
+        bb: Vec::new(),
+        del: Vec::new(),
+        recent: Vec::new(),
+        r: SimReport {
+            final_counts: Counts::default(),
+            events: Vec::new(),
+            peak: Counts::default(),
+            peak_deletion_bytes: 0,
+            created: 0,
+            failed: 0,
+            aged: 0,
+            evicted: 0,
+            decisions: 0,
+            fallbacks: 0,
+            first_fault: None,
+            samples: Vec::new(),
+            policy: rules.name().to_owned(),
+        },
+    };
+    let end = p.start + p.period;
+    let mut now = p.start;
+    let mut rng = p.seed | 1;
+    let mut n: u64 = 0;
+    while now < end {
+        // xorshift64*: reproducible failures.
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        let roll = (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+        let failed = roll < p.fail_rate;
+        sim.recent.insert(
+            0,
+            Attempt {
+                at: now,
+                succeeded: !failed,
+            },
+        );
+        sim.recent.truncate(32);
+        if failed {
+            sim.event(now, "failed", None);
+            sim.r.failed += 1;
+        } else {
+            // The host's rule: a full black box ages its oldest early.
+            for id in plan_room(p.capacities[0], &sim.bb, 1, p.backup_size) {
+                if let Some(i) = sim.bb.iter().position(|b| b.id == id) {
+                    let b = sim.bb.remove(i);
+                    sim.age(now, b);
+                }
+            }
+            n += 1;
+            let b = BackupView {
+                id: BackupId::new(now, n),
+                created_at: now,
+                size_bytes: p.backup_size,
+                kind: BackupKind::Scheduled,
+            };
+            sim.event(now, "created", Some(&b.id));
+            sim.r.created += 1;
+            sim.bb.push(b);
+        }
+        let ctx = sim.ctx(now);
+        let d = Decider { rules }.aging(&ctx, &sim.bb);
+        sim.note(&d);
+        for id in d.value {
+            if let Some(i) = sim.bb.iter().position(|b| b.id == id) {
+                let b = sim.bb.remove(i);
+                sim.age(now, b);
+            }
+        }
+        sim.sample(now);
+        let ctx = sim.ctx(now);
+        let d = Decider { rules }.interval(&ctx);
+        sim.note(&d);
+        now += d.value;
+    }
+    sim.r.final_counts = Counts {
+        black_box: sim.bb.len() as u64,
+        deletion: sim.del.len() as u64,
+        reserved: 0,
+    };
+    sim.r
+}
+
+/// An SVG chart: zone occupancy over time (top) and each backup's lifetime (bottom:
+/// dark while in the black box, grey in the deletion zone).
+pub fn svg(report: &SimReport, params: &SimParams) -> String {
+    use std::collections::HashMap;
+    use std::fmt::Write;
+    let (w, top, h) = (960.0_f64, 220.0_f64, 520.0_f64);
+    let (left, right) = (60.0, 20.0);
+    let t0 = params.start.unix_timestamp() as f64;
+    let span = params.period.as_secs_f64().max(1.0);
+    let x = |t: OffsetDateTime| left + (t.unix_timestamp() as f64 - t0) / span * (w - left - right);
+    let max = report
+        .peak
+        .black_box
+        .max(report.peak.deletion)
+        .max(params.capacities[1].max_backups)
+        .max(1) as f64;
+    let y = |n: u64| top - 10.0 - n as f64 / max * (top - 40.0);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = write!(
+        s,
+        r#"<text x="{left}" y="16">{} — {} created, {} aged, {} evicted, {} failed</text>"#,
+        xml(&report.policy),
+        report.created,
+        report.aged,
+        report.evicted,
+        report.failed
+    );
+    let _ = write!(
+        s,
+        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        top - 10.0,
+        w - right,
+        top - 10.0
+    );
+    for (label, color, pick) in [
+        ("black box", "#222", 0usize),
+        ("deletion", "#1f77b4", 1usize),
+    ] {
+        let mut pts = String::new();
+        for smp in &report.samples {
+            let n = if pick == 0 {
+                smp.counts.black_box
+            } else {
+                smp.counts.deletion
+            };
+            let _ = write!(pts, "{:.1},{:.1} ", x(smp.at), y(n));
+        }
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>"#
+        );
+        let ly = if pick == 0 { 34.0 } else { 48.0 };
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{ly}" fill="{color}">{label}</text>"#,
+            w - 120.0
+        );
+    }
+    let cap_y = y(params.capacities[1].max_backups);
+    let _ = write!(
+        s,
+        r##"<line x1="{left}" y1="{cap_y:.1}" x2="{}" y2="{cap_y:.1}" stroke="#1f77b4" stroke-dasharray="4 3"/><text x="4" y="{cap_y:.1}">{}</text>"##,
+        w - right,
+        params.capacities[1].max_backups
+    );
+    // Lifetimes.
+    let mut created: Vec<(String, OffsetDateTime)> = Vec::new();
+    let mut aged: HashMap<&str, OffsetDateTime> = HashMap::new();
+    let mut evicted: HashMap<&str, OffsetDateTime> = HashMap::new();
+    for e in &report.events {
+        let Some(id) = &e.id else { continue };
+        match e.kind {
+            "created" => created.push((id.clone(), e.at)),
+            "aged" => {
+                aged.insert(id, e.at);
+            }
+            "evicted" => {
+                evicted.insert(id, e.at);
+            }
+            _ => {}
+        }
+    }
+    let end = params.start + params.period;
+    let rows = created.len().max(1) as f64;
+    let (lt, lb) = (top + 20.0, h - 20.0);
+    for (i, (id, at)) in created.iter().enumerate() {
+        let ry = lt + i as f64 / rows * (lb - lt);
+        let a = aged.get(id.as_str()).copied().unwrap_or(end);
+        let ev = evicted.get(id.as_str()).copied().unwrap_or(end);
+        let _ = write!(
+            s,
+            r##"<line x1="{:.1}" y1="{ry:.1}" x2="{:.1}" y2="{ry:.1}" stroke="#222"/>"##,
+            x(*at),
+            x(a)
+        );
+        if aged.contains_key(id.as_str()) {
+            let _ = write!(
+                s,
+                r##"<line x1="{:.1}" y1="{ry:.1}" x2="{:.1}" y2="{ry:.1}" stroke="#9ab"/>"##,
+                x(a),
+                x(ev)
+            );
+        }
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{left}" y="{}">backup lifetimes (dark: black box, grey: deletion zone), oldest at the top</text>"#,
+        top + 12.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

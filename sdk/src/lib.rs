@@ -1,0 +1,234 @@
+//! Write a [tierkeep](https://example.invalid/tierkeep) backup policy in Rust.
+//!
+//! A policy decides three things: the **interval** until the next scheduled backup, which
+//! black-box backups **age** into the deletion zone, and the order in which deletion-zone
+//! backups are **evicted** when it is full. Implement [`Policy`] (every method has the
+//! built-in rules as its default, so override only what you change), export it with
+//! [`export_policy!`], test it natively with `cargo test` (see [`testing`] and [`sim`]),
+//! then build it for `wasm32-unknown-unknown` and wrap it as a component (the guide in
+//! `sdk/README.md` shows the commands).
+//!
+//! ```
+//! use tierkeep_sdk::{Backup, Context, Policy, Metadata, time};
+//!
+//! /// Back up every 15 minutes, whatever the configuration says.
+//! struct Quarterly;
+//!
+//! impl Policy for Quarterly {
+//!     type Settings = ();
+//!     fn metadata() -> Metadata {
+//!         tierkeep_sdk::metadata("quarterly", "0.1.0", "a backup every 15 minutes", vec![])
+//!     }
+//!     fn interval(_ctx: &Context, _settings: &()) -> u64 {
+//!         15 * time::MINUTE
+//!     }
+//! }
+//! tierkeep_sdk::export_policy!(Quarterly);
+//!
+//! let ctx = tierkeep_sdk::testing::context(0);
+//! assert_eq!(tierkeep_sdk::testing::interval::<Quarterly>(&ctx), 15 * 60_000);
+//! ```
+
+pub mod sim;
+pub mod testing;
+pub mod time;
+
+#[doc(hidden)]
+pub mod wit {
+    //! The bindings generated from `sdk/wit` (the one copy of the contract).
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "policy-module",
+        pub_export_macro: true,
+        export_macro_name: "__export_policy_module",
+        default_bindings_module: "tierkeep_sdk::wit",
+    });
+}
+
+use serde::de::DeserializeOwned;
+
+pub use wit::tierkeep::policy::log::Level;
+pub use wit::tierkeep::policy::types::{
+    Attempt, Backup, BackupKind, Context, Metadata, Room, Schedule, Setting, Zone, ZoneState,
+};
+
+/// A policy. Every decision has the built-in rules as its default.
+pub trait Policy {
+    /// The policy's settings (`[policy] settings` in tierkeep's configuration), read
+    /// from JSON with serde. Use `#[serde(default)]` so that missing keys take defaults;
+    /// `()` for none.
+    type Settings: DeserializeOwned + Default;
+
+    /// Name, version, description and settings; see [`metadata`] and [`setting`].
+    fn metadata() -> Metadata;
+
+    /// Checks settings beyond what serde checks.
+    fn validate(_settings: &Self::Settings) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Milliseconds until the next scheduled backup. Default: T1.
+    fn interval(ctx: &Context, _settings: &Self::Settings) -> u64 {
+        ctx.schedule.interval
+    }
+
+    /// Ids of black-box backups to move to the deletion zone now. Default: every backup
+    /// that has been there for T2 or longer, oldest first.
+    fn aging(ctx: &Context, _settings: &Self::Settings, black_box: &[Backup]) -> Vec<String> {
+        default_aging(ctx, black_box)
+    }
+
+    /// Deletion-zone backups in eviction order; the host evicts from the front until
+    /// `room` fits. Default: the earliest first.
+    fn eviction(
+        _ctx: &Context,
+        _settings: &Self::Settings,
+        deletion: &[Backup],
+        _room: Room,
+    ) -> Vec<String> {
+        oldest_first(deletion)
+            .into_iter()
+            .map(|b| b.id.clone())
+            .collect()
+    }
+}
+
+/// The built-in aging rule: backups in the black box for T2 or longer, oldest first.
+pub fn default_aging(ctx: &Context, black_box: &[Backup]) -> Vec<String> {
+    oldest_first(black_box)
+        .into_iter()
+        .filter(|b| age(ctx, b) >= ctx.schedule.aging)
+        .map(|b| b.id.clone())
+        .collect()
+}
+
+/// How long ago a backup was made (0 if its time is in the future).
+pub fn age(ctx: &Context, backup: &Backup) -> u64 {
+    u64::try_from(ctx.now.saturating_sub(backup.created_at)).unwrap_or(0)
+}
+
+/// Backups sorted oldest first (by creation time, then id).
+pub fn oldest_first(backups: &[Backup]) -> Vec<&Backup> {
+    let mut v: Vec<&Backup> = backups.iter().collect();
+    v.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    v
+}
+
+/// The state of `zone` in the context.
+pub fn zone(ctx: &Context, zone: Zone) -> Option<&ZoneState> {
+    ctx.zones.iter().find(|z| z.zone == zone)
+}
+
+/// Builds [`Metadata`].
+pub fn metadata(name: &str, version: &str, description: &str, settings: Vec<Setting>) -> Metadata {
+    Metadata {
+        name: name.into(),
+        version: version.into(),
+        description: description.into(),
+        settings,
+    }
+}
+
+/// Describes one setting: its name, a type hint (`integer`, `duration`, ...), its default
+/// as JSON, and what it does.
+pub fn setting(name: &str, kind: &str, default: &str, description: &str) -> Setting {
+    Setting {
+        name: name.into(),
+        kind: kind.into(),
+        default: default.into(),
+        description: description.into(),
+    }
+}
+
+/// Logs through the host (natively, to stderr).
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    wit::tierkeep::policy::log::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("[policy {level:?}] {message}");
+}
+
+/// Parses settings JSON (an empty string, `null` or `{}` means none: the defaults).
+pub fn parse_settings<S: DeserializeOwned + Default>(json: &str) -> Result<S, String> {
+    let json = json.trim();
+    if json.is_empty() {
+        return Ok(S::default());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("invalid settings JSON: {e}"))?;
+    match &value {
+        serde_json::Value::Null => Ok(S::default()),
+        serde_json::Value::Object(m) if m.is_empty() => Ok(S::default()),
+        _ => serde_json::from_value(value).map_err(|e| format!("invalid settings: {e}")),
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! What [`crate::export_policy!`] and the native test helpers call: the same code
+    //! path natively and in wasm.
+    use super::{Backup, Context, Policy, Room, parse_settings};
+
+    fn settings<P: Policy>(ctx: &Context) -> P::Settings {
+        match parse_settings::<P::Settings>(&ctx.settings) {
+            Ok(s) => s,
+            // The host validated the settings before using the policy; if they are
+            // unreadable now, trap: the host falls back to its built-in rules.
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub fn validate<P: Policy>(json: &str) -> Result<(), String> {
+        P::validate(&parse_settings::<P::Settings>(json)?)
+    }
+
+    pub fn interval<P: Policy>(ctx: &Context) -> u64 {
+        P::interval(ctx, &settings::<P>(ctx))
+    }
+
+    pub fn aging<P: Policy>(ctx: &Context, black_box: &[Backup]) -> Vec<String> {
+        P::aging(ctx, &settings::<P>(ctx), black_box)
+    }
+
+    pub fn eviction<P: Policy>(ctx: &Context, deletion: &[Backup], room: Room) -> Vec<String> {
+        P::eviction(ctx, &settings::<P>(ctx), deletion, room)
+    }
+}
+
+/// Exports a [`Policy`] as the module's implementation of the contract. Natively this
+/// expands to nothing, so the same crate builds and tests on the host.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct TierkeepExport;
+            impl $crate::wit::exports::tierkeep::policy::policy::Guest for TierkeepExport {
+                fn describe() -> $crate::Metadata {
+                    <$policy as $crate::Policy>::metadata()
+                }
+                fn validate_settings(settings: String) -> Result<(), String> {
+                    $crate::__private::validate::<$policy>(&settings)
+                }
+                fn interval(ctx: $crate::Context) -> u64 {
+                    $crate::__private::interval::<$policy>(&ctx)
+                }
+                fn aging(ctx: $crate::Context, black_box: Vec<$crate::Backup>) -> Vec<String> {
+                    $crate::__private::aging::<$policy>(&ctx, &black_box)
+                }
+                fn eviction(
+                    ctx: $crate::Context,
+                    deletion: Vec<$crate::Backup>,
+                    room: $crate::Room,
+                ) -> Vec<String> {
+                    $crate::__private::eviction::<$policy>(&ctx, &deletion, room)
+                }
+            }
+    $crate::wit::__export_policy_module!(TierkeepExport with_types_in $crate::wit);
+        };
+    };
+}
