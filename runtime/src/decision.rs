@@ -335,3 +335,145 @@ impl Decider<'_> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::BackupKind;
+    use time::macros::datetime;
+
+    fn views(n: u64) -> Vec<BackupView> {
+        (0..n)
+            .map(|i| {
+                let at = datetime!(2026-11-25 00:00 UTC) + Duration::from_secs(3600 * i);
+                BackupView {
+                    id: BackupId::new(at, i),
+                    created_at: at,
+                    size_bytes: 10,
+                    kind: BackupKind::Scheduled,
+                }
+            })
+            .collect()
+    }
+
+    fn ids(v: &[BackupView], idx: &[usize]) -> Vec<String> {
+        idx.iter().map(|&i| v[i].id.to_string()).collect()
+    }
+
+    #[test]
+    fn answers_are_checked() {
+        assert!(check_interval(0).is_err());
+        assert!(check_interval(999).is_err());
+        assert!(check_interval(1000).is_ok());
+        assert!(check_interval(32 * 24 * 3_600_000).is_err());
+        let v = views(4);
+        assert_eq!(check_aging(&ids(&v, &[2, 0]), &v).map(|x| x.len()), Ok(2));
+        assert!(check_aging(&ids(&v, &[1, 1]), &v).is_err(), "twice");
+        assert!(check_aging(&["nope".into()], &v).is_err(), "not given");
+        let cap = Capacity {
+            max_backups: 4,
+            max_bytes: None,
+        };
+        let room = Room {
+            backups: 2,
+            bytes: 20,
+        };
+        // Two must go; the answer's order is kept and only its prefix is used.
+        let out = check_eviction(&ids(&v, &[3, 1, 0]), &v, cap, room).expect("enough");
+        assert_eq!(
+            out.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ids(&v, &[3, 1])
+        );
+        assert!(
+            check_eviction(&ids(&v, &[3]), &v, cap, room).is_err(),
+            "too few"
+        );
+        // Bytes: 40 present, cap 35, room 10 → 15 must go → two backups.
+        let bytes_cap = Capacity {
+            max_backups: 100,
+            max_bytes: Some(35),
+        };
+        let room = Room {
+            backups: 1,
+            bytes: 10,
+        };
+        let out = check_eviction(&ids(&v, &[0, 1, 2]), &v, bytes_cap, room).expect("bytes");
+        assert_eq!(out.len(), 2);
+    }
+
+    struct Liar;
+    impl Rules for Liar {
+        fn name(&self) -> &str {
+            "liar"
+        }
+        fn interval(&self, _: &PolicyContext) -> Result<u64, PolicyFault> {
+            Ok(0)
+        }
+        fn aging(&self, _: &PolicyContext, _: &[BackupView]) -> Result<Vec<String>, PolicyFault> {
+            Err(PolicyFault::OutOfFuel)
+        }
+        fn eviction(
+            &self,
+            _: &PolicyContext,
+            _: &[BackupView],
+            _: Room,
+        ) -> Result<Vec<String>, PolicyFault> {
+            Ok(vec![])
+        }
+    }
+
+    #[test]
+    fn faulty_answers_fall_back_to_the_builtin_rules() {
+        let v = views(5);
+        let cap = |n| Capacity {
+            max_backups: n,
+            max_bytes: None,
+        };
+        let snap = |zone, n, used| ZoneSnapshot {
+            zone,
+            capacity: cap(n),
+            usage: Usage {
+                backups: used,
+                bytes: used * 10,
+            },
+        };
+        let ctx = PolicyContext {
+            now: datetime!(2026-11-25 06:00 UTC),
+            schedule: Schedule {
+                interval: Duration::from_secs(3600),
+                aging: Duration::from_secs(3 * 3600),
+            },
+            zones: [
+                snap(Zone::BlackBox, 5, 5),
+                snap(Zone::Deletion, 5, 5),
+                snap(Zone::Reserved, 5, 0),
+            ],
+            recent: vec![],
+            settings: String::new(),
+        };
+        let d = Decider { rules: &Liar };
+        let i = d.interval(&ctx);
+        assert_eq!(i.value, Duration::from_secs(3600));
+        assert!(matches!(i.fault, Some(PolicyFault::BadAnswer(_))));
+        let a = d.aging(&ctx, &v);
+        assert_eq!(a.fault, Some(PolicyFault::OutOfFuel));
+        assert_eq!(a.value.len(), 4, "06:00 minus T2 = 03:00: four are due");
+        let e = d.eviction(&ctx, &v, Room::default());
+        assert_eq!(
+            e.value,
+            Vec::<BackupId>::new(),
+            "the zone fits: nothing asked"
+        );
+        let e = d.eviction(
+            &ctx,
+            &v,
+            Room {
+                backups: 1,
+                bytes: 10,
+            },
+        );
+        assert!(e.fault.is_some(), "an empty order cannot make room");
+        assert_eq!(e.value, vec![v[0].id.clone()], "the earliest goes");
+        assert_eq!(e.by, "built-in default");
+    }
+}

@@ -20,7 +20,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::catalog::{Catalog, ReconcileReport, Record, State};
-use crate::decision::{Attempt, Decider, PolicyContext, Room, ZoneSnapshot};
+use crate::decision::{Attempt, BuiltinRules, Decider, PolicyContext, Room, Rules, ZoneSnapshot};
 use crate::domain::{BackupView, Zone, format_duration, plan_room};
 use crate::faults;
 use crate::ops::{OpsError, Tierkeep};
@@ -85,9 +85,10 @@ impl Tierkeep {
         let recent = catalog
             .events(None, 200)?
             .into_iter()
+            // Scheduled attempts are the ones into the black box.
             .filter(|e| {
-                (e.kind == "created" && e.zone_to == Some(Zone::BlackBox))
-                    || (e.kind == "failed" && e.reason.contains("scheduled"))
+                (e.kind == "created" || e.kind == "failed")
+                    && e.zone_to.or(e.zone_from) == Some(Zone::BlackBox)
             })
             .take(32)
             .map(|e| Attempt {
@@ -264,16 +265,25 @@ impl Tierkeep {
             },
         );
         crate::policy::report_fault(rules.name(), "eviction", &decision);
+        let order = match &decision.fault {
+            None if decision.by == BuiltinRules.name() => {
+                "the earliest is evicted first (built-in default rules)".to_owned()
+            }
+            None => format!("evicted in the order of policy {}", decision.by),
+            Some(f) => format!(
+                "the earliest is evicted first (built-in rules; policy {} failed: {f})",
+                rules.name()
+            ),
+        };
         let mut out = Vec::new();
         for id in decision.value {
             let Some(rec) = present.iter().find(|r| r.id == id) else {
                 continue;
             };
             let reason = format!(
-                "deletion zone full ({} of {} backups): evicted in the order of policy {}",
+                "deletion zone full ({} of {} backups): {order}",
                 present.len(),
                 cap.max_backups,
-                decision.by
             );
             self.evict(catalog, rec, now, &reason).await?;
             out.push(id.to_string());

@@ -197,11 +197,11 @@ pub fn compile_cached(
     let component = Component::new(engine, bytes).map_err(|e| format!("{e:#}"))?;
     match component.serialize() {
         Ok(compiled) => {
-            let tmp = dir.join(format!(
-                ".{}.tmp-{}",
-                file.display().to_string().len(),
-                std::process::id()
-            ));
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
             let written = std::fs::create_dir_all(dir)
                 .and_then(|()| std::fs::write(&tmp, &compiled))
                 .and_then(|()| std::fs::rename(&tmp, &file));
