@@ -481,15 +481,7 @@ impl Tierkeep {
             archive_sha256: summary.archive_sha256,
             compression: "zstd".into(),
             tool_version: format!("tierkeep {}", env!("CARGO_PKG_VERSION")),
-            policy: {
-                let st = self.policy.status();
-                match (st.running.as_str(), st.version) {
-                    ("built-in", _) => format!("{} (built-in)", st.name),
-                    (file, Some(v)) => format!("{} {v} ({file})", st.name),
-                    (file, None) => format!("{} ({file})", st.name),
-                }
-            },
-
+            policy: self.policy.status().describe(),
             warnings: summary.warnings,
         };
         // A byte limit can only be checked now that the size is known.
@@ -813,14 +805,7 @@ impl Tierkeep {
             zones,
             next_backup: next_scheduled(&self.settings.schedule, last_scheduled, now),
             last_result: catalog.last_event(&["created", "failed", "refused"])?,
-            policy: {
-                let st = self.policy.status();
-                match (st.running.as_str(), st.version) {
-                    ("built-in", _) => format!("{} (built-in)", st.name),
-                    (file, Some(v)) => format!("{} {v} ({file})", st.name),
-                    (file, None) => format!("{} ({file})", st.name),
-                }
-            },
+            policy: self.policy.status().describe(),
             policy_error: self.policy.status().error,
             catalog: catalog.path().to_path_buf(),
         })

@@ -576,6 +576,17 @@ pub struct PolicyStatus {
     pub error: Option<String>,
 }
 
+impl PolicyStatus {
+    /// `name (built-in)`, or `name version (file)`.
+    pub fn describe(&self) -> String {
+        match (self.running.as_str(), &self.version) {
+            ("built-in", _) => format!("{} (built-in)", self.name),
+            (file, Some(v)) => format!("{} {v} ({file})", self.name),
+            (file, None) => format!("{} ({file})", self.name),
+        }
+    }
+}
+
 struct Current {
     policy: Option<Arc<WasmPolicy>>,
     stamp: Option<(SystemTime, u64)>,
