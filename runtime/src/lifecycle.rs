@@ -105,7 +105,7 @@ impl Tierkeep {
                 snap(Zone::Reserved)?,
             ],
             recent,
-            settings: self.policy_settings_json(),
+            settings: self.policy.settings().to_owned(),
         })
     }
 

@@ -226,11 +226,6 @@ impl Tierkeep {
         })
     }
 
-    /// The policy's settings as JSON.
-    pub fn policy_settings_json(&self) -> String {
-        serde_json::to_string(&self.settings.policy_settings).unwrap_or_default()
-    }
-
     /// The store of a zone.
     pub fn store(&self, zone: Zone) -> &Arc<dyn ZoneStore> {
         &self.stores[match zone {

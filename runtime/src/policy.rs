@@ -640,6 +640,11 @@ impl PolicyHost {
         Some((m.modified().ok()?, m.len()))
     }
 
+    /// The policy's settings (JSON), as handed to every decision.
+    pub fn settings(&self) -> &str {
+        &self.settings
+    }
+
     /// Checks the policy file and reloads it if it is new or changed. Returns `true`
     /// when a new policy was put in place.
     pub fn refresh(&self) -> bool {

@@ -201,21 +201,30 @@ fn a_kill_at_any_step_of_a_move_to_s3_loses_nothing() {
     }
 }
 
-#[test]
-fn a_stopped_server_keeps_the_backup_in_the_black_box_until_it_is_back() {
+/// A dedicated server the test can stop, and a host on it with T1 = T2 = 1 s (`None`,
+/// after saying so, when the fixture's server cannot be stopped).
+fn stoppable_host() -> Option<(s3::S3, Host, String)> {
     let server = s3::dedicated();
     if !server.can_stop() {
         eprintln!(
             "not applicable: the {:?} S3 fixture cannot be stopped by the test",
             server.kind
         );
-        return;
+        return None;
     }
     let (host, deletion, _reserved) = s3_host_on(
         &server,
         (5, 10, 10),
         "[schedule]\ninterval = \"1s\"\naging = \"1s\"\n",
     );
+    Some((server, host, deletion))
+}
+
+#[test]
+fn a_stopped_server_keeps_the_backup_in_the_black_box_until_it_is_back() {
+    let Some((server, host, deletion)) = stoppable_host() else {
+        return;
+    };
     fs::write(host.src().join("f"), vec![7u8; 1 << 20]).expect("write");
     let a = host.backup(&[]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -249,19 +258,9 @@ fn a_stopped_server_keeps_the_backup_in_the_black_box_until_it_is_back() {
 
 #[test]
 fn a_server_stopped_mid_upload_loses_nothing_and_the_move_finishes_later() {
-    let server = s3::dedicated();
-    if !server.can_stop() {
-        eprintln!(
-            "not applicable: the {:?} S3 fixture cannot be stopped by the test",
-            server.kind
-        );
+    let Some((server, host, deletion)) = stoppable_host() else {
         return;
-    }
-    let (host, deletion, _reserved) = s3_host_on(
-        &server,
-        (5, 10, 10),
-        "[schedule]\ninterval = \"1s\"\naging = \"1s\"\n",
-    );
+    };
     // 80 MiB of random data: a multipart upload of five 16 MiB parts, four in flight.
     let mut data = vec![0u8; 80 << 20];
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
