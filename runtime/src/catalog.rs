@@ -531,6 +531,20 @@ impl Catalog {
             .map_err(|e| self.wrap(e))
     }
 
+    /// When the last backup was created into `zone`.
+    pub fn last_created_in(&self, zone: Zone) -> Result<Option<OffsetDateTime>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT seq, at, backup_id, kind, zone_from, zone_to, reason FROM events \
+                 WHERE kind = 'created' AND zone_to = ?1 ORDER BY seq DESC LIMIT 1",
+                params![zone.as_str()],
+                row_to_event,
+            )
+            .optional()
+            .map(|e| e.map(|e| e.at))
+            .map_err(|e| self.wrap(e))
+    }
+
     /// The newest event of one of `kinds`.
     pub fn last_event(&self, kinds: &[&str]) -> Result<Option<Event>, CatalogError> {
         let list = kinds

@@ -22,7 +22,11 @@ use crate::domain::{
 /// fixtures, `TIERKEEP_CONFIG`, `TIERKEEP_LOG`) are not configuration.
 const ENV_KEYS: &[&str] = &[
     "host_id", "data_dir", "source", "schedule", "policy", "zones", "s3", "daemon", "backup",
+    "hooks",
 ];
+
+/// Free space the black box's filesystem keeps after a scheduled backup, by default.
+pub const DEFAULT_MIN_FREE: u64 = 1 << 30;
 
 /// The configuration file as written (every key optional).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -46,6 +50,8 @@ pub struct RawConfig {
     pub daemon: DaemonConfig,
     /// Archive tuning.
     pub backup: BackupConfig,
+    /// Source consistency commands run around every backup.
+    pub hooks: HooksConfig,
 }
 
 /// `[source]`
@@ -105,6 +111,9 @@ pub struct ZoneConfig {
     /// Reserved zone on S3 only: S3 Object Lock retention (`90d`) for new manual backups,
     /// where the bucket has Object Lock enabled.
     pub lock_retention: Option<String>,
+    /// Black box only: free space its filesystem keeps after a scheduled backup
+    /// (default `1GiB`); a backup that would leave less is not taken.
+    pub min_free: Option<SizeValue>,
 }
 
 /// A size given as a number of bytes or as text (`500GiB`).
@@ -141,6 +150,18 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<String>,
     /// Grace period on SIGTERM.
     pub shutdown_grace: Option<String>,
+}
+
+/// `[hooks]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Command run (with `sh -c`) before a backup reads its sources; failing aborts it.
+    pub pre_backup: Option<String>,
+    /// Command run after every backup whose pre-hook was started, whatever happened.
+    pub post_backup: Option<String>,
+    /// Time limit of each hook (default `5m`); a hook still running is killed.
+    pub timeout: Option<String>,
 }
 
 /// `[backup]`
@@ -194,6 +215,19 @@ pub struct ZoneSettings {
     pub capacity: Capacity,
     /// Object Lock retention for new backups (reserved zone on S3).
     pub lock_retention: Option<Duration>,
+    /// Black box: free space its filesystem keeps after a scheduled backup.
+    pub min_free: u64,
+}
+
+/// The validated `[hooks]`.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Run before a backup; a failure aborts the backup.
+    pub pre_backup: Option<String>,
+    /// Run after a backup whose pre-hook started, whatever the outcome.
+    pub post_backup: Option<String>,
+    /// Limit per hook.
+    pub timeout: Duration,
 }
 
 /// The validated, effective configuration.
@@ -223,6 +257,8 @@ pub struct Settings {
     pub metrics_addr: String,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
+    /// Source consistency hooks.
+    pub hooks: Hooks,
     /// zstd level.
     pub compression_level: i32,
     /// Compression threads.
@@ -526,6 +562,20 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
                 }
             },
         };
+        let min_free = match (&zc.min_free, zone) {
+            (None, _) => DEFAULT_MIN_FREE,
+            (Some(_), Zone::Deletion | Zone::Reserved) => {
+                problems.push(format!(
+                    "{key}.min_free applies only to the black box (zones.black_box.min_free)"
+                ));
+                0
+            }
+            (Some(SizeValue::Bytes(b)), Zone::BlackBox) => *b,
+            (Some(SizeValue::Text(t)), Zone::BlackBox) => parse_size(t).unwrap_or_else(|e| {
+                problems.push(format!("{key}.min_free: {e}"));
+                DEFAULT_MIN_FREE
+            }),
+        };
         zones.push(ZoneSettings {
             zone,
             url,
@@ -534,6 +584,7 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
                 max_bytes,
             },
             lock_retention,
+            min_free: if zone == Zone::BlackBox { min_free } else { 0 },
         });
     }
     {
@@ -600,11 +651,32 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
         .metrics_addr
         .clone()
         .unwrap_or_else(|| "127.0.0.1:9187".into());
-    if metrics_addr.parse::<std::net::SocketAddr>().is_err() {
-        problems.push(format!(
-            "daemon.metrics_addr `{metrics_addr}` is not an address such as 127.0.0.1:9187"
-        ));
+    match metrics_addr.parse::<std::net::SocketAddr>() {
+        Err(_) if metrics_addr != "off" => problems.push(format!(
+            "daemon.metrics_addr `{metrics_addr}` is not an address such as 127.0.0.1:9187 \
+             (or `off`)"
+        )),
+        Ok(a) if !a.ip().is_loopback() => warnings.push(format!(
+            "daemon.metrics_addr {a} is not a loopback address: /metrics and /healthz will \
+             answer anyone who can reach it (they carry no secrets, but put a firewall or a \
+             proxy in front)"
+        )),
+        _ => {}
     }
+    let hook_timeout = dur("hooks.timeout", &raw.hooks.timeout, "5m", &mut problems)
+        .unwrap_or(Duration::from_secs(300));
+    let hook = |key: &str, cmd: &Option<String>, problems: &mut Vec<String>| match cmd {
+        Some(c) if c.trim().is_empty() => {
+            problems.push(format!("hooks.{key} is empty: remove the key or give a command"));
+            None
+        }
+        other => other.clone(),
+    };
+    let hooks = Hooks {
+        pre_backup: hook("pre_backup", &raw.hooks.pre_backup, &mut problems),
+        post_backup: hook("post_backup", &raw.hooks.post_backup, &mut problems),
+        timeout: hook_timeout,
+    };
 
     if deep && problems.is_empty() {
         for src in &sources {
@@ -704,6 +776,7 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
         s3: raw.s3,
         metrics_addr,
         shutdown_grace,
+        hooks,
         compression_level: level,
         threads,
         warnings,
@@ -796,6 +869,9 @@ impl Settings {
                 format!("{key}.max_backups"),
                 z.capacity.max_backups.to_string(),
             ));
+            if z.zone == Zone::BlackBox {
+                v.push((format!("{key}.min_free"), format_size(z.min_free)));
+            }
             if z.zone == Zone::Reserved {
                 v.push((
                     format!("{key}.lock_retention"),
@@ -836,6 +912,10 @@ impl Settings {
             "daemon.shutdown_grace".into(),
             format_duration(self.shutdown_grace),
         ));
+        let cmd = |o: &Option<String>| o.clone().unwrap_or_else(|| "(none)".into());
+        v.push(("hooks.pre_backup".into(), cmd(&self.hooks.pre_backup)));
+        v.push(("hooks.post_backup".into(), cmd(&self.hooks.post_backup)));
+        v.push(("hooks.timeout".into(), format_duration(self.hooks.timeout)));
         v.push((
             "backup.compression_level".into(),
             self.compression_level.to_string(),

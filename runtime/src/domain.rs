@@ -319,6 +319,65 @@ pub fn admit_new_backup(kind: BackupKind, capacity: Capacity, usage: Usage) -> A
     }
 }
 
+/// How a scheduled backup is let into the black box (the generation module's admission,
+/// after it has tried to age the oldest backups out early).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlackBoxAdmission {
+    /// It fits.
+    Admit,
+    /// Black-box pressure: the zone is full and aging could not run (the deletion zone
+    /// is unreachable). No unmoved backup is ever deleted to make room, and the newest
+    /// data matters most, so the backup is taken beyond `max_backups` while the disk
+    /// keeps its reserve; aging brings the zone back within capacity once it can run.
+    OverCapacity {
+        /// How many backups the black box will hold with this one.
+        holding: u64,
+    },
+    /// Not taken: writing it could fill the disk below its reserve.
+    Refuse {
+        /// Why, for the operator.
+        reason: String,
+    },
+}
+
+/// Decides whether a scheduled backup of about `estimate` bytes may be written into the
+/// black box holding `usage` within `capacity`. `aging_failed` is the error that kept
+/// the oldest backups from aging out (if they had to); `available` is the free space of
+/// the black box's filesystem (if known); `min_free` is the reserve it must keep.
+pub fn admit_scheduled(
+    capacity: Capacity,
+    usage: Usage,
+    aging_failed: Option<&str>,
+    available: Option<u64>,
+    estimate: u64,
+    min_free: u64,
+) -> BlackBoxAdmission {
+    if let Some(free) = available
+        && free < estimate.saturating_add(min_free)
+    {
+        return BlackBoxAdmission::Refuse {
+            reason: format!(
+                "the black box's filesystem has {} free; a backup of about {} must leave \
+                 zones.black_box.min_free ({}) free",
+                format_size(free),
+                format_size(estimate),
+                format_size(min_free)
+            ),
+        };
+    }
+    match capacity.admits(usage, estimate) {
+        Ok(()) => BlackBoxAdmission::Admit,
+        Err(fullness) => match aging_failed {
+            Some(_) => BlackBoxAdmission::OverCapacity {
+                holding: usage.backups + 1,
+            },
+            None => BlackBoxAdmission::Refuse {
+                reason: format!("the black box is full ({fullness})"),
+            },
+        },
+    }
+}
+
 /// What the lifecycle rules need to know of one backup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupView {
@@ -520,6 +579,50 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn black_box_pressure_never_deletes_and_keeps_the_disk_reserve() {
+        let cap = Capacity {
+            max_backups: 2,
+            max_bytes: None,
+        };
+        let full = Usage {
+            backups: 2,
+            bytes: 200,
+        };
+        let room = Usage {
+            backups: 1,
+            bytes: 100,
+        };
+        let gib = 1u64 << 30;
+        assert_eq!(
+            admit_scheduled(cap, room, None, Some(10 * gib), 100, gib),
+            BlackBoxAdmission::Admit
+        );
+        // Full, aging impossible, disk has room: the newest is taken over capacity.
+        assert_eq!(
+            admit_scheduled(cap, full, Some("unreachable"), Some(10 * gib), 100, gib),
+            BlackBoxAdmission::OverCapacity { holding: 3 }
+        );
+        // Full and aging did not fail: nothing to excuse going over.
+        assert!(matches!(
+            admit_scheduled(cap, full, None, Some(10 * gib), 100, gib),
+            BlackBoxAdmission::Refuse { .. }
+        ));
+        // The disk reserve wins over everything, pressure or not.
+        for (usage, failed) in [(room, None), (full, Some("unreachable"))] {
+            let r = admit_scheduled(cap, usage, failed, Some(gib + 99), 100, gib);
+            let BlackBoxAdmission::Refuse { reason } = r else {
+                panic!("admitted into a disk below its reserve: {r:?}");
+            };
+            assert!(reason.contains("min_free"), "{reason}");
+        }
+        // Unknown free space (not a local filesystem we can ask): capacity alone decides.
+        assert_eq!(
+            admit_scheduled(cap, room, None, None, 100, gib),
+            BlackBoxAdmission::Admit
+        );
+    }
+
     use super::*;
     use rstest::rstest;
     use time::macros::datetime;

@@ -7,7 +7,8 @@
 //! rules; the clock is passed in); [`archive`] writes and reads the tar + zstd archives;
 //! [`store`] keeps them in zones behind one async trait; [`catalog`] records every backup
 //! and its history; [`config`] loads and validates configuration; [`ops`] runs the
-//! operations the CLI offers.
+//! operations the CLI offers; [`daemon`] schedules them (`tierkeep run`) and serves
+//! [`metrics`].
 //!
 //! ```
 //! use tierkeep::domain::{admit_new_backup, Admission, BackupKind, Capacity, Usage, Zone};
@@ -25,8 +26,11 @@ pub mod catalog;
 pub mod config;
 pub mod decision;
 pub mod domain;
+pub mod daemon;
 pub mod faults;
+pub mod hooks;
 pub mod lifecycle;
+pub mod metrics;
 pub mod ops;
 pub mod policy;
 pub mod progress;

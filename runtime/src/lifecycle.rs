@@ -239,6 +239,7 @@ impl Tierkeep {
         }
         faults::point("evict.after_delete")?;
         catalog.mark_removed(&rec.id, Zone::Deletion, State::Evicted, now, reason)?;
+        crate::metrics::inc("tierkeep_evictions_total", &[("zone", Zone::Deletion.as_str())]);
         tracing::info!(id = %rec.id, "evicted from the deletion zone: {reason}");
         Ok(())
     }
@@ -256,6 +257,7 @@ impl Tierkeep {
         let cap = self.settings.zone(Zone::Deletion).capacity;
         let ctx = self.policy_context(catalog, now)?;
         let rules = self.policy.rules();
+        let started = std::time::Instant::now();
         let decision = Decider { rules: &*rules }.eviction(
             &ctx,
             &views(&present),
@@ -264,7 +266,7 @@ impl Tierkeep {
                 bytes: incoming_bytes,
             },
         );
-        crate::policy::report_fault(rules.name(), "eviction", &decision);
+        crate::policy::report_fault(rules.name(), "eviction", started, &decision);
         let order = match &decision.fault {
             None if decision.by == BuiltinRules.name() => {
                 "the earliest is evicted first (built-in default rules)".to_owned()
@@ -294,6 +296,36 @@ impl Tierkeep {
     /// Moves a black-box backup to the deletion zone: upload, verify, commit, record in
     /// the catalog, then remove the local copy.
     pub(crate) async fn move_to_deletion(
+        &self,
+        catalog: &mut Catalog,
+        rec: &Record,
+        now: OffsetDateTime,
+        reason: &str,
+        progress: &Progress,
+    ) -> Result<(), OpsError> {
+        let started = std::time::Instant::now();
+        let result = self
+            .move_steps(catalog, rec, now, reason, progress)
+            .await;
+        let outcome = if result.is_ok() { "moved" } else { "failed" };
+        let labels = [
+            ("from", Zone::BlackBox.as_str()),
+            ("to", Zone::Deletion.as_str()),
+            ("outcome", outcome),
+        ];
+        crate::metrics::inc("tierkeep_moves_total", &labels);
+        crate::metrics::observe(
+            "tierkeep_move_duration_seconds",
+            &[("outcome", outcome)],
+            started.elapsed(),
+        );
+        if result.is_ok() {
+            crate::metrics::add("tierkeep_moved_bytes_total", &[], rec.size_bytes as f64);
+        }
+        result
+    }
+
+    async fn move_steps(
         &self,
         catalog: &mut Catalog,
         rec: &Record,
@@ -406,22 +438,40 @@ impl Tierkeep {
     ) -> Result<TickReport, OpsError> {
         let _lock = self.lock().await?;
         let mut catalog = self.catalog()?;
+        let result = self.tick_locked(&mut catalog, now, progress).await;
+        progress.finish();
+        if result.is_err() {
+            self.set_recovered(false);
+        }
+        result
+    }
+
+    async fn tick_locked(
+        &self,
+        catalog: &mut Catalog,
+        now: OffsetDateTime,
+        progress: &Progress,
+    ) -> Result<TickReport, OpsError> {
         let mut report = TickReport {
-            recovery: self.recover(&mut catalog, now).await?,
+            recovery: self
+                .recover_if_needed(catalog, now)
+                .await?
+                .unwrap_or_default(),
             ..TickReport::default()
         };
         let bb = catalog.list(Some(Zone::BlackBox))?;
         let schedule = self.settings.schedule;
-        let ctx = self.policy_context(&catalog, now)?;
+        let ctx = self.policy_context(catalog, now)?;
         let rules = self.policy.rules();
+        let started = std::time::Instant::now();
         let decision = Decider { rules: &*rules }.aging(&ctx, &views(&bb));
-        crate::policy::report_fault(rules.name(), "aging", &decision);
+        crate::policy::report_fault(rules.name(), "aging", started, &decision);
         for id in decision.value {
             let Some(rec) = bb.iter().find(|r| r.id == id) else {
                 continue;
             };
             report.evicted.extend(
-                self.make_room_in_deletion(&mut catalog, 1, rec.size_bytes, now)
+                self.make_room_in_deletion(catalog, 1, rec.size_bytes, now)
                     .await?,
             );
             let reason = format!(
@@ -434,14 +484,13 @@ impl Tierkeep {
                 ),
                 format_duration(schedule.aging)
             );
-            self.move_to_deletion(&mut catalog, rec, now, &reason, progress)
+            self.move_to_deletion(catalog, rec, now, &reason, progress)
                 .await?;
             report.aged.push(id.to_string());
         }
         report
             .evicted
-            .extend(self.make_room_in_deletion(&mut catalog, 0, 0, now).await?);
-        progress.finish();
+            .extend(self.make_room_in_deletion(catalog, 0, 0, now).await?);
         Ok(report)
     }
 }

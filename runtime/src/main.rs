@@ -6,6 +6,6 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(&args.global);
+    cli::init_logging(&args);
     cli::main(args)
 }

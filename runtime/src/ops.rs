@@ -17,8 +17,8 @@ use crate::archive::{ArchiveError, MANIFEST_FORMAT, Manifest, verify_file};
 use crate::catalog::{Catalog, CatalogError, Record, State};
 use crate::config::Settings;
 use crate::domain::{
-    Admission, BackupId, BackupKind, Capacity, Usage, Zone, admit_new_backup, format_size,
-    next_scheduled,
+    Admission, BackupId, BackupKind, BlackBoxAdmission, Capacity, Usage, Zone, admit_new_backup,
+    admit_scheduled, format_size, next_scheduled,
 };
 use crate::progress::Progress;
 use crate::store::{self, BackupKey, StoreError, ZoneStore};
@@ -73,13 +73,24 @@ pub enum OpsError {
     /// A fault injected by a test (`TIERKEEP_FAULTS`).
     #[error(transparent)]
     Fault(#[from] crate::faults::InjectedFault),
+    /// A source consistency hook failed; the backup was not taken.
+    #[error("backup aborted, nothing was written: {0}")]
+    Hook(#[from] crate::hooks::HookError),
+    /// Writing the backup could fill the black box's disk; nothing was written.
+    #[error("refused: {reason}; nothing was written. {advice}")]
+    NoRoom {
+        /// Why.
+        reason: String,
+        /// What to do.
+        advice: String,
+    },
 }
 
 impl OpsError {
     /// The process exit status for this error (design.md: 1 failure, 2 usage, 3 refused).
     pub fn exit_code(&self) -> u8 {
         match self {
-            OpsError::ZoneFull { .. } | OpsError::NotFound(_) => 3,
+            OpsError::ZoneFull { .. } | OpsError::NotFound(_) | OpsError::NoRoom { .. } => 3,
             OpsError::Store(StoreError::NotFound { .. }) => 3,
             OpsError::Archive(ArchiveError::TargetNotEmpty(_)) => 3,
             OpsError::Archive(ArchiveError::PathNotInBackup(_)) => 3,
@@ -176,6 +187,9 @@ pub struct Status {
     pub policy: String,
     /// Why the configured policy file is not running, if it is not.
     pub policy_error: Option<String>,
+    /// Black-box pressure: why the black box is over its capacity or its last scheduled
+    /// backup was refused (the deletion zone unreachable, the disk reserve reached).
+    pub black_box_pressure: Option<String>,
     /// The catalog file.
     pub catalog: PathBuf,
 }
@@ -194,6 +208,11 @@ pub struct Tierkeep {
     stores: [Arc<dyn ZoneStore>; 3],
     /// The running policy (reloaded when its file changes).
     pub policy: Arc<crate::policy::PolicyHost>,
+    /// Whether zones and catalog are known to be consistent, so that work may skip the
+    /// recovery pass: false in a new process (every CLI run recovers first), set by a
+    /// recovery, cleared by work that failed (the daemon recovers at start, then only
+    /// after a failure or once a day).
+    recovered: std::sync::atomic::AtomicBool,
 }
 
 impl Tierkeep {
@@ -223,6 +242,7 @@ impl Tierkeep {
             settings,
             stores,
             policy,
+            recovered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -337,7 +357,7 @@ impl Tierkeep {
         &self,
         kind: BackupKind,
         label: Option<String>,
-        clock: fn() -> OffsetDateTime,
+        clock: &(dyn Fn() -> OffsetDateTime + Send + Sync),
         progress: &Progress,
     ) -> Result<BackupOutcome, OpsError> {
         let started = std::time::Instant::now();
@@ -345,18 +365,167 @@ impl Tierkeep {
         let now = clock();
         let mut catalog = self.catalog()?;
         let zone = kind.home_zone();
-        let zs = self.settings.zone(zone);
-        self.recover(&mut catalog, now).await?;
-        if kind == BackupKind::Scheduled {
-            self.make_room_in_black_box(&mut catalog, 1, 0, now, progress)
-                .await?;
+        let result = self
+            .backup_locked(&mut catalog, kind, label, now, progress)
+            .await;
+        let took = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => "created",
+            Err(OpsError::ZoneFull { .. } | OpsError::NoRoom { .. }) => "refused",
+            Err(_) => "failed",
+        };
+        let labels = [("zone", zone.as_str()), ("outcome", outcome)];
+        crate::metrics::inc("tierkeep_backups_total", &labels);
+        crate::metrics::observe("tierkeep_backup_duration_seconds", &labels, took);
+        if let Ok(m) = &result {
+            crate::metrics::add(
+                "tierkeep_backup_bytes_total",
+                &[("zone", zone.as_str())],
+                m.archive_bytes as f64,
+            );
+        } else {
+            self.set_recovered(false);
         }
-        let usage = catalog.usage(zone)?;
-        if let Admission::Refuse {
+        result.map(|manifest| BackupOutcome {
+            manifest,
+            zone,
+            seconds: took.as_secs_f64(),
+        })
+    }
+
+    /// Whether the next piece of work must run a recovery pass first.
+    pub fn needs_recovery(&self) -> bool {
+        !self.recovered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records that zones and catalog are consistent (after a recovery) or may not be
+    /// (after failed work).
+    pub fn set_recovered(&self, yes: bool) {
+        self.recovered
+            .store(yes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Runs a recovery pass if one is needed (see [`Tierkeep::needs_recovery`]).
+    pub(crate) async fn recover_if_needed(
+        &self,
+        catalog: &mut Catalog,
+        now: OffsetDateTime,
+    ) -> Result<Option<crate::lifecycle::RecoveryReport>, OpsError> {
+        if !self.needs_recovery() {
+            return Ok(None);
+        }
+        let report = self.recover(catalog, now).await?;
+        self.set_recovered(true);
+        Ok(Some(report))
+    }
+
+    /// Free bytes of the black box's filesystem, if it can be asked.
+    fn black_box_available(&self) -> Option<u64> {
+        let dir = self.store(Zone::BlackBox).staging_dir().or_else(|| {
+            self.settings
+                .zone(Zone::BlackBox)
+                .url
+                .strip_prefix("file://")
+                .map(PathBuf::from)
+        })?;
+        let mut probe = dir.as_path();
+        // The zone's directory may not exist yet: ask its nearest existing ancestor.
+        while !probe.exists() {
+            probe = probe.parent()?;
+        }
+        match rustix::fs::statvfs(probe) {
+            Ok(st) => Some(st.f_bavail.saturating_mul(st.f_frsize)),
+            Err(e) => {
+                tracing::warn!(dir = %probe.display(), "cannot read the free space: {e}");
+                None
+            }
+        }
+    }
+
+    /// The generation (or manual) module's work under the host lock: admission, hooks,
+    /// archive, commit.
+    async fn backup_locked(
+        &self,
+        catalog: &mut Catalog,
+        kind: BackupKind,
+        label: Option<String>,
+        now: OffsetDateTime,
+        progress: &Progress,
+    ) -> Result<Manifest, OpsError> {
+        let zone = kind.home_zone();
+        let zs = self.settings.zone(zone);
+        self.recover_if_needed(catalog, now).await?;
+        let mut pressure = false;
+        if kind == BackupKind::Scheduled {
+            let aging_failed = match self
+                .make_room_in_black_box(catalog, 1, 0, now, progress)
+                .await
+            {
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            let usage = catalog.usage(zone)?;
+            // About as large as the newest backup of this host.
+            let estimate = catalog
+                .list(None)?
+                .iter()
+                .find(|r| r.kind == BackupKind::Scheduled)
+                .map_or(0, |r| r.size_bytes);
+            match admit_scheduled(
+                zs.capacity,
+                usage,
+                aging_failed.as_deref(),
+                self.black_box_available(),
+                estimate,
+                zs.min_free,
+            ) {
+                BlackBoxAdmission::Admit => {}
+                BlackBoxAdmission::OverCapacity { holding } => {
+                    pressure = true;
+                    let why = aging_failed.unwrap_or_default();
+                    let text = format!(
+                        "black-box pressure: the black box is full ({} of {} backups) and its \
+                         oldest backups cannot age out ({why}); no unmoved backup is deleted, so \
+                         this backup is taken beyond max_backups ({holding} held) and aging \
+                         catches up once the deletion zone answers",
+                        usage.backups, zs.capacity.max_backups
+                    );
+                    tracing::error!(holding, "{text}");
+                    crate::metrics::inc(
+                        "tierkeep_black_box_pressure_events_total",
+                        &[("outcome", "over_capacity")],
+                    );
+                    catalog.note(now, "pressure", Some(zone), &text)?;
+                }
+                BlackBoxAdmission::Refuse { reason } => {
+                    let err = OpsError::NoRoom {
+                        reason,
+                        advice: match &aging_failed {
+                            Some(e) => format!(
+                                "The oldest backups could not age out ({e}): bring the deletion \
+                                 zone back, or free space on the black box's disk"
+                            ),
+                            None => "Free space on the black box's disk, or lower \
+                                     zones.black_box.min_free"
+                                .into(),
+                        },
+                    };
+                    if aging_failed.is_some() {
+                        tracing::error!("black-box pressure: {err}");
+                        crate::metrics::inc(
+                            "tierkeep_black_box_pressure_events_total",
+                            &[("outcome", "refused")],
+                        );
+                    }
+                    catalog.note(now, "refused", Some(zone), &err.to_string())?;
+                    return Err(err);
+                }
+            }
+        } else if let Admission::Refuse {
             zone,
             fullness,
             advice,
-        } = admit_new_backup(kind, zs.capacity, usage)
+        } = admit_new_backup(kind, zs.capacity, catalog.usage(zone)?)
         {
             let err = OpsError::ZoneFull {
                 zone,
@@ -386,13 +555,14 @@ impl Tierkeep {
         let staged = staging_dir.join(format!("{}-{id}.tar.zst.partial", self.settings.host_id));
         let result = self
             .write_and_commit(
-                &mut catalog,
+                catalog,
                 kind,
                 label,
                 now,
                 &key,
                 &staged,
                 store.as_ref(),
+                pressure,
                 progress,
             )
             .await;
@@ -401,11 +571,7 @@ impl Tierkeep {
             Ok(manifest) => {
                 catalog.insert_created(&manifest, zone, now, &format!("{kind} backup"))?;
                 tracing::info!(id = %manifest.id, zone = %zone, bytes = manifest.archive_bytes, "backup created");
-                Ok(BackupOutcome {
-                    manifest,
-                    zone,
-                    seconds: started.elapsed().as_secs_f64(),
-                })
+                Ok(manifest)
             }
             Err(e) => {
                 let _ = fs::remove_file(&staged);
@@ -430,6 +596,7 @@ impl Tierkeep {
         key: &BackupKey,
         staged: &Path,
         store: &dyn ZoneStore,
+        pressure: bool,
         progress: &Progress,
     ) -> Result<Manifest, OpsError> {
         let mut skip = vec![self.settings.data_dir.clone()];
@@ -447,6 +614,27 @@ impl Tierkeep {
         };
         let out = staged.to_path_buf();
         let bar = progress.clone();
+        let hooks = &self.settings.hooks;
+        let hook_env = |result: Option<&str>| {
+            let mut env = vec![
+                ("TIERKEEP_BACKUP_ID", key.id.to_string()),
+                ("TIERKEEP_BACKUP_KIND", kind.to_string()),
+                ("TIERKEEP_HOST_ID", key.host.clone()),
+            ];
+            if let Some(r) = result {
+                env.push(("TIERKEEP_BACKUP_RESULT", r.to_owned()));
+            }
+            env
+        };
+        if let Some(cmd) = &hooks.pre_backup
+            && let Err(e) =
+                crate::hooks::run("pre_backup", cmd, hooks.timeout, &hook_env(None)).await
+        {
+            crate::metrics::inc("tierkeep_hook_failures_total", &[("hook", "pre_backup")]);
+            // The post-hook undoes what a partly run pre-hook may have done (a freeze).
+            self.post_hook(hooks, &hook_env(Some("failed"))).await;
+            return Err(e.into());
+        }
         let summary = tokio::task::spawn_blocking(move || {
             if bar.is_visible() {
                 let (bytes, _) = estimate(&opts);
@@ -456,7 +644,15 @@ impl Tierkeep {
             write_archive(&opts, &out, &mut cb)
         })
         .await
-        .map_err(|e| OpsError::Internal(e.to_string()))??;
+        .map_err(|e| OpsError::Internal(e.to_string()));
+        // The sources have been read (or reading failed): release them at once, before
+        // the archive is stored.
+        if hooks.pre_backup.is_some() || hooks.post_backup.is_some() {
+            let ok = matches!(summary, Ok(Ok(_)));
+            self.post_hook(hooks, &hook_env(Some(if ok { "ok" } else { "failed" })))
+                .await;
+        }
+        let summary = summary??;
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             id: key.id.clone(),
@@ -500,6 +696,7 @@ impl Tierkeep {
                         });
                     }
                 }
+                BackupKind::Scheduled if pressure => {}
                 BackupKind::Scheduled => {
                     self.make_room_in_black_box(catalog, 1, manifest.archive_bytes, now, progress)
                         .await?;
@@ -510,6 +707,17 @@ impl Tierkeep {
         store.put_archive(key, staged, progress.callback()).await?;
         store.put_manifest(&manifest).await?;
         Ok(manifest)
+    }
+
+    /// Runs the post-backup hook, if any; a failure is logged loudly and counted, but
+    /// does not undo a backup that was taken.
+    async fn post_hook(&self, hooks: &crate::config::Hooks, env: &[(&str, String)]) {
+        if let Some(cmd) = &hooks.post_backup
+            && let Err(e) = crate::hooks::run("post_backup", cmd, hooks.timeout, env).await
+        {
+            crate::metrics::inc("tierkeep_hook_failures_total", &[("hook", "post_backup")]);
+            tracing::error!("{e}: the sources may still be in the state the pre-hook left them");
+        }
     }
 
     /// Brings the archive of `rec` to a local file: in place for the black box, else
@@ -795,7 +1003,29 @@ impl Tierkeep {
             .filter(|r| r.kind == BackupKind::Scheduled)
             .map(|r| r.created_at)
             .max();
+        let black_box_pressure = {
+            let bb = &zones[0];
+            let last_attempt = catalog
+                .events(None, 200)?
+                .into_iter()
+                .find(|e| {
+                    matches!(e.kind.as_str(), "created" | "failed" | "refused")
+                        && e.zone_to.or(e.zone_from) == Some(Zone::BlackBox)
+                });
+            if bb.backups > bb.max_backups {
+                Some(format!(
+                    "the black box holds {} backups, over its capacity of {}: its oldest could \
+                     not age into the deletion zone (see `tierkeep catalog history`)",
+                    bb.backups, bb.max_backups
+                ))
+            } else {
+                last_attempt
+                    .filter(|e| e.kind == "refused")
+                    .map(|e| format!("the last scheduled backup was not taken: {}", e.reason))
+            }
+        };
         Ok(Status {
+            black_box_pressure,
             host_id: self.settings.host_id.clone(),
             zones,
             next_backup: next_scheduled(&self.settings.schedule, last_scheduled, now),

@@ -730,8 +730,29 @@ impl PolicyHost {
 }
 
 /// Logs a decision's fault (with the policy's name) if it had one.
-pub fn report_fault<T>(policy: &str, what: &str, d: &crate::decision::Decision<T>) {
+pub fn report_fault<T>(
+    policy: &str,
+    what: &'static str,
+    started: std::time::Instant,
+    d: &crate::decision::Decision<T>,
+) {
+    crate::metrics::observe(
+        "tierkeep_policy_decision_seconds",
+        &[("decision", what)],
+        started.elapsed(),
+    );
     if let Some(f) = &d.fault {
+        let fault = match f {
+            crate::decision::PolicyFault::Trap(_) => "trap",
+            crate::decision::PolicyFault::OutOfFuel => "out_of_fuel",
+            crate::decision::PolicyFault::OutOfMemory => "out_of_memory",
+            crate::decision::PolicyFault::BadAnswer(_) => "bad_answer",
+            crate::decision::PolicyFault::Unavailable(_) => "unavailable",
+        };
+        crate::metrics::inc(
+            "tierkeep_policy_faults_total",
+            &[("decision", what), ("fault", fault)],
+        );
         tracing::warn!(
             policy,
             decision = what,

@@ -29,7 +29,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
         BackupKind::Scheduled
     };
     let progress = g.progress(a.json);
-    let out = tk.backup(kind, a.label, now, &progress).await?;
+    let out = tk.backup(kind, a.label, &now, &progress).await?;
     if a.json {
         print_json(&out)?;
     } else {

@@ -9,6 +9,7 @@ mod export;
 mod list;
 mod policy;
 mod restore;
+mod run;
 mod status;
 mod tick;
 mod verify;
@@ -63,6 +64,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon: scheduled backups at the policy's interval, aging and eviction, with
+    /// /metrics and /healthz, until SIGTERM or SIGINT.
+    Run(run::RunArgs),
     /// Take a backup now: into the black box, or the reserved zone with --manual.
     Backup(backup::BackupArgs),
     /// List backups, newest first.
@@ -90,10 +94,14 @@ pub enum Command {
     Policy(policy::PolicyCommand),
 }
 
-pub fn init_logging(g: &Global) {
+/// Logging on stderr: warnings for commands, information for the daemon (`run`).
+pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
+    let g = &cli.global;
+    let daemon = matches!(cli.command, Command::Run(_));
     let level = match g.verbose {
-        0 => "warn",
+        0 if !daemon => "warn",
+        0 => "info",
         1 => "info",
         _ => "debug",
     };
@@ -181,6 +189,9 @@ pub fn main(cli: Cli) -> ExitCode {
         }
     };
     let result = runtime.block_on(dispatch(cli));
+    // Work a stopped daemon dropped may still hold a blocking thread (an archive being
+    // written): do not wait for it; what it leaves is recovered at the next start.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(err) => {
@@ -193,6 +204,7 @@ pub fn main(cli: Cli) -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
+        Command::Run(a) => run::run(g, a).await,
         Command::Backup(a) => backup::run(g, a).await,
         Command::List(a) => list::run(g, a).await,
         Command::Status(a) => status::run(g, a).await,

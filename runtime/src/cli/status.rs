@@ -42,6 +42,12 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
         ),
         None => println!("last result: no backup yet"),
     }
+    if let Some(p) = &s.black_box_pressure {
+        println!("BLACK-BOX PRESSURE: {p}");
+    }
+    if let Some(e) = &s.policy_error {
+        println!("POLICY ERROR: {e}");
+    }
     println!("catalog   {}", s.catalog.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -246,6 +246,19 @@ impl S3Store {
             }
             _ => (Retry::Permanent, String::new()),
         };
+        crate::metrics::inc(
+            "tierkeep_s3_errors_total",
+            &[
+                ("operation", op),
+                (
+                    "class",
+                    match retry {
+                        Retry::Temporary => "temporary",
+                        Retry::Permanent => "permanent",
+                    },
+                ),
+            ],
+        );
         StoreError::Remote {
             zone: self.url.clone(),
             op,
