@@ -258,20 +258,26 @@ impl Daemon {
         ended
     }
 
-    /// One pass: start-up recovery (the first time), a scheduled backup if one is due,
-    /// aging and eviction. Returns when the scheduler should wake next.
+    /// One pass: start-up recovery (the first time), aging and eviction, then a
+    /// scheduled backup if one is due. Returns when the scheduler should wake next.
     async fn pass(&self, first: bool) -> OffsetDateTime {
         let now = self.clock.now();
         if first {
             self.startup_recovery(now).await;
         }
         let mut error: Option<String> = None;
+        // Aging and eviction first, so that a backup that reached T2 ages as such rather
+        // than early to make room for the new one (the lifecycle logs each move).
+        if let Err(e) = self.tk.tick(now, &Progress::hidden()).await {
+            tracing::error!("aging and eviction failed: {e}");
+            error = Some(format!("aging and eviction: {e}"));
+        }
         let due = match self.state().next_backup {
             Some(t) => t,
             None => match self.first_due(now) {
                 Ok(t) => t,
                 Err(e) => {
-                    error = Some(e.to_string());
+                    error.get_or_insert(e.to_string());
                     now
                 }
             },
@@ -306,21 +312,6 @@ impl Daemon {
             };
             tracing::info!(next = %rfc3339(next), "next scheduled backup");
             self.state().next_backup = Some(next);
-        }
-        let now = self.clock.now();
-        match self.tk.tick(now, &Progress::hidden()).await {
-            Ok(r) => {
-                for id in &r.aged {
-                    tracing::info!(%id, "aged into the deletion zone");
-                }
-                for id in &r.evicted {
-                    tracing::info!(%id, "evicted from the deletion zone");
-                }
-            }
-            Err(e) => {
-                tracing::error!("aging and eviction failed: {e}");
-                error.get_or_insert(format!("aging and eviction: {e}"));
-            }
         }
         let now = self.clock.now();
         let oldest_ages_at = self.oldest_ages_at().unwrap_or(None);
