@@ -667,7 +667,9 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
         .unwrap_or(Duration::from_secs(300));
     let hook = |key: &str, cmd: &Option<String>, problems: &mut Vec<String>| match cmd {
         Some(c) if c.trim().is_empty() => {
-            problems.push(format!("hooks.{key} is empty: remove the key or give a command"));
+            problems.push(format!(
+                "hooks.{key} is empty: remove the key or give a command"
+            ));
             None
         }
         other => other.clone(),

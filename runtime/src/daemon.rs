@@ -609,7 +609,11 @@ async fn respond<B>(view: &View, req: &hyper::Request<B>) -> hyper::Response<Ful
             let (c, b) = view.health();
             (c, "application/json", b)
         }
-        (&hyper::Method::GET, _) => (404, "text/plain", "not found: try /metrics or /healthz\n".into()),
+        (&hyper::Method::GET, _) => (
+            404,
+            "text/plain",
+            "not found: try /metrics or /healthz\n".into(),
+        ),
         _ => (405, "text/plain", "only GET\n".into()),
     };
     hyper::Response::builder()

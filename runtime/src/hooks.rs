@@ -62,11 +62,7 @@ fn tail(out: &[u8]) -> String {
     if text.is_empty() {
         return String::new();
     }
-    let start = text
-        .char_indices()
-        .rev()
-        .nth(400)
-        .map_or(0, |(i, _)| i);
+    let start = text.char_indices().rev().nth(400).map_or(0, |(i, _)| i);
     format!(": {}", text[start..].replace('\n', " | "))
 }
 
@@ -122,7 +118,12 @@ pub async fn run(
     .await;
     match waited {
         Ok((_, Ok(status))) if status.success() => {
-            tracing::info!(hook, command, seconds = started.elapsed().as_secs_f64(), "hook finished");
+            tracing::info!(
+                hook,
+                command,
+                seconds = started.elapsed().as_secs_f64(),
+                "hook finished"
+            );
             Ok(())
         }
         Ok((output, Ok(status))) => Err(HookError::Failed {
@@ -157,12 +158,22 @@ mod tests {
 
     #[tokio::test]
     async fn success_failure_and_timeout() {
-        run("pre_backup", "test \"$X\" = yes", Duration::from_secs(5), &[("X", "yes".into())])
-            .await
-            .expect("a succeeding hook");
-        let e = run("pre_backup", "echo flush failed >&2; exit 3", Duration::from_secs(5), &[])
-            .await
-            .expect_err("a failing hook");
+        run(
+            "pre_backup",
+            "test \"$X\" = yes",
+            Duration::from_secs(5),
+            &[("X", "yes".into())],
+        )
+        .await
+        .expect("a succeeding hook");
+        let e = run(
+            "pre_backup",
+            "echo flush failed >&2; exit 3",
+            Duration::from_secs(5),
+            &[],
+        )
+        .await
+        .expect_err("a failing hook");
         let text = e.to_string();
         assert!(text.contains("exit status: 3"), "{text}");
         assert!(text.contains("flush failed"), "{text}");

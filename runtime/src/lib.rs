@@ -24,9 +24,9 @@
 pub mod archive;
 pub mod catalog;
 pub mod config;
+pub mod daemon;
 pub mod decision;
 pub mod domain;
-pub mod daemon;
 pub mod faults;
 pub mod hooks;
 pub mod lifecycle;

@@ -239,7 +239,10 @@ impl Tierkeep {
         }
         faults::point("evict.after_delete")?;
         catalog.mark_removed(&rec.id, Zone::Deletion, State::Evicted, now, reason)?;
-        crate::metrics::inc("tierkeep_evictions_total", &[("zone", Zone::Deletion.as_str())]);
+        crate::metrics::inc(
+            "tierkeep_evictions_total",
+            &[("zone", Zone::Deletion.as_str())],
+        );
         tracing::info!(id = %rec.id, "evicted from the deletion zone: {reason}");
         Ok(())
     }
@@ -304,9 +307,7 @@ impl Tierkeep {
         progress: &Progress,
     ) -> Result<(), OpsError> {
         let started = std::time::Instant::now();
-        let result = self
-            .move_steps(catalog, rec, now, reason, progress)
-            .await;
+        let result = self.move_steps(catalog, rec, now, reason, progress).await;
         let outcome = if result.is_ok() { "moved" } else { "failed" };
         let labels = [
             ("from", Zone::BlackBox.as_str()),

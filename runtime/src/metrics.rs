@@ -186,7 +186,11 @@ fn labels_text(labels: &[(&str, String)], extra: Option<(&str, String)>) -> Stri
 
 fn number(v: f64) -> String {
     if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }
@@ -210,7 +214,13 @@ pub fn render(gauges: &[Gauge]) -> String {
         let _ = writeln!(out, "# HELP {} {}", g.name, g.help);
         let _ = writeln!(out, "# TYPE {} gauge", g.name);
         for (labels, v) in &g.values {
-            let _ = writeln!(out, "{}{} {}", g.name, labels_text(labels, None), number(*v));
+            let _ = writeln!(
+                out,
+                "{}{} {}",
+                g.name,
+                labels_text(labels, None),
+                number(*v)
+            );
         }
     }
     let counters = registry()
@@ -266,7 +276,11 @@ mod tests {
     #[test]
     fn renders_counters_histograms_and_gauges() {
         inc("tierkeep_evictions_total", &[("zone", "deletion")]);
-        add("tierkeep_backup_bytes_total", &[("zone", "black-box")], 42.0);
+        add(
+            "tierkeep_backup_bytes_total",
+            &[("zone", "black-box")],
+            42.0,
+        );
         observe(
             "tierkeep_policy_decision_seconds",
             &[("decision", "test-\"x\"")],
@@ -289,7 +303,9 @@ mod tests {
             "tierkeep_policy_decision_seconds_bucket{decision=\"test-\\\"x\\\"\",le=\"0.0005\"} 1\n"
         ));
         assert!(
-            text.contains("tierkeep_policy_decision_seconds_count{decision=\"test-\\\"x\\\"\"} 1\n")
+            text.contains(
+                "tierkeep_policy_decision_seconds_count{decision=\"test-\\\"x\\\"\"} 1\n"
+            )
         );
         // Every sample line belongs to a declared family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {

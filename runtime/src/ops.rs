@@ -1005,13 +1005,10 @@ impl Tierkeep {
             .max();
         let black_box_pressure = {
             let bb = &zones[0];
-            let last_attempt = catalog
-                .events(None, 200)?
-                .into_iter()
-                .find(|e| {
-                    matches!(e.kind.as_str(), "created" | "failed" | "refused")
-                        && e.zone_to.or(e.zone_from) == Some(Zone::BlackBox)
-                });
+            let last_attempt = catalog.events(None, 200)?.into_iter().find(|e| {
+                matches!(e.kind.as_str(), "created" | "failed" | "refused")
+                    && e.zone_to.or(e.zone_from) == Some(Zone::BlackBox)
+            });
             if bb.backups > bb.max_backups {
                 Some(format!(
                     "the black box holds {} backups, over its capacity of {}: its oldest could \

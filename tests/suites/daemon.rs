@@ -42,7 +42,6 @@ struct Daemon {
     child: Child,
     lines: Arc<Mutex<Vec<serde_json::Value>>>,
     raw: Arc<Mutex<Vec<String>>>,
-    started: Instant,
 }
 
 impl Daemon {
@@ -65,12 +64,7 @@ impl Daemon {
                 r.lock().expect("lock").push(line);
             }
         });
-        Daemon {
-            child,
-            lines,
-            raw,
-            started: Instant::now(),
-        }
+        Daemon { child, lines, raw }
     }
 
     fn messages(&self) -> Vec<serde_json::Value> {
@@ -96,7 +90,11 @@ impl Daemon {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("the daemon exited ({st}) before {what}:\n{}", self.log());
             }
-            assert!(Instant::now() < end, "no {what} within {limit:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < end,
+                "no {what} within {limit:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -252,22 +250,36 @@ fn the_daemon_keeps_the_zones_by_the_rules() {
             .collect();
         if from_metrics == listed_all && from_status == listed_all {
             agreed = true;
-            assert!(sample(&text, "tierkeep_backups_total{zone=\"black-box\",outcome=\"created\"}")
-                .is_some_and(|n| n >= 3.0));
-            assert!(sample(&text, "tierkeep_evictions_total{zone=\"deletion\"}")
-                .is_some_and(|n| n >= 1.0));
+            assert!(
+                sample(
+                    &text,
+                    "tierkeep_backups_total{zone=\"black-box\",outcome=\"created\"}"
+                )
+                .is_some_and(|n| n >= 3.0)
+            );
+            assert!(
+                sample(&text, "tierkeep_evictions_total{zone=\"deletion\"}")
+                    .is_some_and(|n| n >= 1.0)
+            );
             assert_eq!(sample(&text, "tierkeep_black_box_pressure"), Some(0.0));
             assert!(text.contains("tierkeep_policy_decision_seconds_count{decision=\"aging\"}"));
             assert!(sample(&text, "tierkeep_next_backup_timestamp_seconds").is_some());
             assert!(
-                sample(&text, "tierkeep_last_success_timestamp_seconds{zone=\"black-box\"}")
-                    .is_some()
+                sample(
+                    &text,
+                    "tierkeep_last_success_timestamp_seconds{zone=\"black-box\"}"
+                )
+                .is_some()
             );
             break;
         }
         std::thread::sleep(Duration::from_millis(150));
     }
-    assert!(agreed, "metrics, status and list never agreed:\n{}", d.log());
+    assert!(
+        agreed,
+        "metrics, status and list never agreed:\n{}",
+        d.log()
+    );
     let (code, health) = get(&addr, "/healthz");
     assert_eq!(code, 200, "{health}");
     let health: serde_json::Value = serde_json::from_str(&health).expect("healthz json");
@@ -295,10 +307,9 @@ fn the_daemon_keeps_the_zones_by_the_rules() {
         res.iter().cloned().collect::<BTreeSet<_>>(),
         BTreeSet::from([manual.clone(), beside.clone()])
     );
-    let events: Vec<serde_json::Value> = serde_json::from_str(&host.ok(&[
-        "catalog", "history", "--json", "--limit", "100000",
-    ]))
-    .expect("history --json");
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&host.ok(&["catalog", "history", "--json", "--limit", "100000"]))
+            .expect("history --json");
     let evicted: Vec<&str> = events
         .iter()
         .filter(|e| e["kind"] == "evicted")
@@ -307,7 +318,10 @@ fn the_daemon_keeps_the_zones_by_the_rules() {
     assert!(!evicted.is_empty(), "no eviction in the audit trail");
     let oldest_kept = del.iter().min().expect("deletion backups");
     for e in &evicted {
-        assert!(*e < oldest_kept.as_str(), "{e} was evicted but {oldest_kept} kept");
+        assert!(
+            *e < oldest_kept.as_str(),
+            "{e} was evicted but {oldest_kept} kept"
+        );
     }
     for id in bb.iter().chain(&del) {
         host.ok(&["verify", id]);
@@ -339,7 +353,11 @@ fn sigterm_during_an_upload_exits_zero_and_the_next_start_finishes_the_move() {
     let mut d = Daemon::start(&host, &[("TIERKEEP_FAULTS", "s3.part_uploaded=pause:4000")]);
     let t = Instant::now();
     while !d.log().contains("fault injection: pausing") {
-        assert!(t.elapsed() < Duration::from_secs(60), "no upload started:\n{}", d.log());
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no upload started:\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     d.signal(rustix::process::Signal::TERM);
@@ -355,7 +373,10 @@ fn sigterm_during_an_upload_exits_zero_and_the_next_start_finishes_the_move() {
 
     // Still in the black box, intact.
     let listed = host.list(None);
-    let rec = listed.iter().find(|b| b["id"] == id.as_str()).expect("listed");
+    let rec = listed
+        .iter()
+        .find(|b| b["id"] == id.as_str())
+        .expect("listed");
     assert_eq!(rec["zone"], "black-box");
     assert_eq!(sha256_file(&archive), before);
 
@@ -374,9 +395,16 @@ fn sigterm_during_an_upload_exits_zero_and_the_next_start_finishes_the_move() {
         .find(|b| b["id"] == id.as_str())
         .expect("listed");
     assert_eq!(rec["zone"], "deletion");
-    assert!(!archive.exists(), "the black-box copy stayed after the move");
+    assert!(
+        !archive.exists(),
+        "the black-box copy stayed after the move"
+    );
     if server.lists_uploads() {
-        assert_eq!(server.uploads(&deletion), 0, "a stale multipart upload is left");
+        assert_eq!(
+            server.uploads(&deletion),
+            0,
+            "a stale multipart upload is left"
+        );
     }
     let out = host.root().join("exported.tar.zst");
     host.ok(&["export", &id, "--to", out.to_str().expect("utf8")]);
@@ -419,7 +447,10 @@ fn kill_9_at_random_moments_loses_nothing() {
 
     let keys: BTreeSet<String> = server.keys(&deletion).into_iter().collect();
     for id in &reported {
-        let in_bb = host.zone_dir("black-box", id).join("manifest.json").is_file();
+        let in_bb = host
+            .zone_dir("black-box", id)
+            .join("manifest.json")
+            .is_file();
         let in_del = keys.contains(&format!("zone/test-host/{id}/manifest.json"));
         if in_bb || in_del {
             assert!(!(in_bb && in_del), "{id} is committed in two zones");
@@ -464,12 +495,20 @@ fn black_box_pressure_keeps_every_backup_and_is_loud() {
     // Two scheduled backups taken beyond max_backups = 1.
     let t = Instant::now();
     while d.created().len() < 3 {
-        assert!(t.elapsed() < Duration::from_secs(120), "no backups under pressure:\n{}", d.log());
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no backups under pressure:\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(d.log().contains("black-box pressure"), "{}", d.log());
     let (_, text) = get(&addr, "/metrics");
-    assert_eq!(sample(&text, "tierkeep_black_box_pressure"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "tierkeep_black_box_pressure"),
+        Some(1.0),
+        "{text}"
+    );
     assert!(
         sample(
             &text,
@@ -488,10 +527,16 @@ fn black_box_pressure_keeps_every_backup_and_is_loud() {
     let t = Instant::now();
     loop {
         let c = counts(&host);
-        if c.get("black-box").copied().unwrap_or(0) <= 1 && c.get("deletion").copied().unwrap_or(0) >= 2 {
+        if c.get("black-box").copied().unwrap_or(0) <= 1
+            && c.get("deletion").copied().unwrap_or(0) >= 2
+        {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(180), "aging never caught up: {c:?}\n{}", d.log());
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "aging never caught up: {c:?}\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     d.stop();
@@ -514,7 +559,10 @@ fn black_box_pressure_keeps_every_backup_and_is_loud() {
     let out = cmd.output().expect("run");
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("min_free") && err.contains("nothing was written"), "{err}");
+    assert!(
+        err.contains("min_free") && err.contains("nothing was written"),
+        "{err}"
+    );
     assert_eq!(host.list(None).len(), listed.len());
 }
 
@@ -541,7 +589,10 @@ fn hooks_run_around_the_reading_of_the_sources() {
     // A failing pre-hook aborts cleanly; the post-hook still runs.
     fs::write(host0.root().join("fail"), "").expect("write");
     let err = host.fails(&["backup"], 1);
-    assert!(err.contains("hooks.pre_backup") && err.contains("nothing was written"), "{err}");
+    assert!(
+        err.contains("hooks.pre_backup") && err.contains("nothing was written"),
+        "{err}"
+    );
     let text = fs::read_to_string(&log).expect("hook log");
     let last: Vec<&str> = text.lines().skip(2).collect();
     assert_eq!(last.len(), 2, "{text:?}");

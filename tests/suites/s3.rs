@@ -395,9 +395,17 @@ fn wrong_credentials_and_missing_buckets_are_explained() {
     };
     fs::write(host.src().join("f"), b"x").expect("write");
     host.backup(&[]);
-    // Now the black box is full and its backup cannot age: refused, and it stays.
-    let err = host.fails(&["backup"], 1);
+    // Now the black box is full and its backup cannot age: black-box pressure. Nothing
+    // unmoved is deleted, the new backup is taken beyond capacity, loudly, naming why.
+    let out = host.cmd(&["backup"]).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("black-box pressure"), "{err}");
     assert!(err.contains("no-such-bucket-tierkeep"), "{err}");
+    assert_eq!(host.list(Some("black-box")).len(), 2);
+    let status: serde_json::Value =
+        serde_json::from_str(&host.ok(&["status", "--json"])).expect("status --json");
+    assert!(status["black_box_pressure"].is_string(), "{status}");
     let (mut host, _, _) = s3_host((1, 10, 10), "");
     host.env = vec![
         ("AWS_ACCESS_KEY_ID", "GK000000000000000000000000".into()),

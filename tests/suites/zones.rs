@@ -187,11 +187,22 @@ fn a_failed_step_before_commit_keeps_the_black_box_copy() {
             .env("TIERKEEP_FAULTS", format!("{point}=error"))
             .output()
             .expect("run");
-        assert_eq!(out.status.code(), Some(1), "{point}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("injected fault"));
+        // The move fails, so the black box is under pressure: the new backup is taken
+        // beyond capacity (never in place of `a`), loudly.
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{point}: {err}");
+        assert!(err.contains("injected fault"), "{err}");
+        assert!(err.contains("black-box pressure"), "{err}");
         let a_id = a["id"].as_str().expect("id").to_owned();
-        assert_eq!(committed(&host, "black-box"), vec![a_id], "{point}");
+        let bb = committed(&host, "black-box");
+        assert_eq!(bb.len(), 2, "{point}");
+        assert!(bb.contains(&a_id), "{point}");
         assert!(committed(&host, "deletion").is_empty(), "{point}");
+        assert_consistent(&host);
+        // Once the move works, aging brings the black box back within capacity.
+        host.backup(&[]);
+        assert_eq!(committed(&host, "black-box").len(), 1, "{point}");
+        assert_eq!(committed(&host, "deletion").len(), 2, "{point}");
         assert_consistent(&host);
     }
 }
