@@ -40,10 +40,13 @@ pub const MIN_PAUSE: Duration = Duration::from_millis(500);
 /// A recovery pass runs at least this often, besides start-up and after failed work.
 pub const RECOVERY_EVERY: Duration = Duration::from_secs(24 * 3600);
 
-/// Where the daemon reads the time.
+/// Where the daemon reads the time and waits for it to pass. A test can drive the
+/// scheduler through days in seconds with a clock whose `sleep` moves it forward.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Now, in UTC.
     fn now(&self) -> OffsetDateTime;
+    /// Waits until `d` has passed on this clock.
+    fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// The system clock.
@@ -53,6 +56,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+
+    fn sleep(&self, d: Duration) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(d))
     }
 }
 
@@ -117,6 +124,28 @@ pub enum Ended {
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// Another daemon runs for this host.
+    #[error(
+        "another tierkeep daemon is already running for host {host} (pid {pid}, lock {}): \
+         stop it first (one daemon per host and data_dir)",
+        path.display()
+    )]
+    AlreadyRunning {
+        /// The host.
+        host: String,
+        /// The pid written in the lock file.
+        pid: String,
+        /// The lock file.
+        path: std::path::PathBuf,
+    },
+    /// The lock file cannot be used.
+    #[error("cannot use the daemon lock {}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The metrics address cannot be used.
     #[error("cannot listen on daemon.metrics_addr {addr}: {source}")]
     Listen {
@@ -125,6 +154,51 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Held while a daemon runs for a host: a second `tierkeep run` for the same host (and
+/// data_dir) refuses to start instead of doubling the schedule.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: std::fs::File,
+}
+
+/// Claims the daemon lock of the host (`data_dir/locks/<host>.daemon.lock`, holding the
+/// pid of the daemon that has it).
+pub fn claim(settings: &crate::config::Settings) -> Result<DaemonLock, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let dir = settings.data_dir.join("locks");
+    let path = dir.join(format!("{}.daemon.lock", settings.host_id));
+    let io = |source| DaemonError::Lock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let mut file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(io)?;
+            file.rewind().map_err(io)?;
+            writeln!(file, "{}", std::process::id()).map_err(io)?;
+            Ok(DaemonLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(DaemonError::AlreadyRunning {
+                host: settings.host_id.clone(),
+                pid: pid.trim().to_owned(),
+                path,
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 /// Binds the metrics listener of `settings` (`None` when `daemon.metrics_addr = "off"`).
@@ -210,7 +284,7 @@ impl Daemon {
                     first = false;
                     let wait = (wake - self.clock.now()).try_into().unwrap_or(MIN_PAUSE);
                     tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
+                        () = self.clock.sleep(wait) => {}
                         () = &mut shutdown => {
                             tracing::info!("shutdown requested; no work in flight");
                             break 'outer;
@@ -251,6 +325,9 @@ impl Daemon {
             }
         }
         self.state().stopping = true;
+        if ended != Ended::Clean {
+            self.tk.release_hooks().await;
+        }
         if let Some(s) = server {
             s.abort();
         }

@@ -213,6 +213,9 @@ pub struct Tierkeep {
     /// recovery, cleared by work that failed (the daemon recovers at start, then only
     /// after a failure or once a day).
     recovered: std::sync::atomic::AtomicBool,
+    /// The environment of a backup whose pre-hook has run and whose post-hook has not
+    /// yet: what [`Tierkeep::release_hooks`] needs if the backup is dropped midway.
+    open_hook: std::sync::Mutex<Option<Vec<(&'static str, String)>>>,
 }
 
 impl Tierkeep {
@@ -243,6 +246,7 @@ impl Tierkeep {
             stores,
             policy,
             recovered: std::sync::atomic::AtomicBool::new(false),
+            open_hook: std::sync::Mutex::new(None),
         })
     }
 
@@ -626,6 +630,11 @@ impl Tierkeep {
             }
             env
         };
+        if hooks.post_backup.is_some() {
+            // From here on the post-hook is owed, even if this backup is dropped.
+            *self.open_hook.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(hook_env(Some("aborted")));
+        }
         if let Some(cmd) = &hooks.pre_backup
             && let Err(e) =
                 crate::hooks::run("pre_backup", cmd, hooks.timeout, &hook_env(None)).await
@@ -635,6 +644,7 @@ impl Tierkeep {
             self.post_hook(hooks, &hook_env(Some("failed"))).await;
             return Err(e.into());
         }
+
         let summary = tokio::task::spawn_blocking(move || {
             if bar.is_visible() {
                 let (bytes, _) = estimate(&opts);
@@ -712,11 +722,30 @@ impl Tierkeep {
     /// Runs the post-backup hook, if any; a failure is logged loudly and counted, but
     /// does not undo a backup that was taken.
     async fn post_hook(&self, hooks: &crate::config::Hooks, env: &[(&str, String)]) {
+        self.open_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(cmd) = &hooks.post_backup
             && let Err(e) = crate::hooks::run("post_backup", cmd, hooks.timeout, env).await
         {
             crate::metrics::inc("tierkeep_hook_failures_total", &[("hook", "post_backup")]);
             tracing::error!("{e}: the sources may still be in the state the pre-hook left them");
+        }
+    }
+
+    /// Runs the post-backup hook of a backup that was dropped between its pre-hook and
+    /// its post-hook (a daemon stopped at the end of its grace period), with
+    /// `TIERKEEP_BACKUP_RESULT=aborted`, so that nothing stays frozen.
+    pub async fn release_hooks(&self) {
+        let env = self
+            .open_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(env) = env {
+            tracing::warn!("running hooks.post_backup for the backup that was stopped");
+            self.post_hook(&self.settings.hooks, &env).await;
         }
     }
 

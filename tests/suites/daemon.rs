@@ -207,6 +207,12 @@ fn the_daemon_keeps_the_zones_by_the_rules() {
 
     let mut d = Daemon::start(&host, &[]);
     let addr = d.addr();
+    // One daemon per host: a second one refuses to start, naming the first.
+    let err = host.fails(&["run"], 1);
+    assert!(
+        err.contains("already running") && err.contains(&d.child.id().to_string()),
+        "{err}"
+    );
     // Let it run until the deletion zone has had to evict.
     d.wait_for("an eviction", Duration::from_secs(90), |v| {
         v["fields"]["message"]
@@ -442,6 +448,10 @@ fn kill_9_at_random_moments_loses_nothing() {
         reported.extend(d.created());
     }
     assert!(reported.len() >= 5, "too few backups made: {reported:?}");
+    eprintln!(
+        "kill -9 loop: 12 kills, {} backups reported created",
+        reported.len()
+    );
     // A clean start recovers what the last kill left.
     host.ok(&["tick"]);
 
@@ -609,4 +619,182 @@ fn hooks_run_around_the_reading_of_the_sources() {
     assert!(t.elapsed() < Duration::from_secs(20));
     assert!(err.contains("did not finish within hooks.timeout"), "{err}");
     assert!(hang.list(None).is_empty());
+}
+
+/// A clock that moves forward by exactly what the scheduler sleeps, and asks for the
+/// shutdown once it reaches `end`: days of scheduling in seconds.
+#[derive(Debug)]
+struct VirtualClock {
+    now: Mutex<time::OffsetDateTime>,
+    end: time::OffsetDateTime,
+    done: tokio::sync::Notify,
+    slept: Mutex<Vec<Duration>>,
+}
+
+impl tierkeep::daemon::Clock for VirtualClock {
+    fn now(&self) -> time::OffsetDateTime {
+        *self.now.lock().expect("lock")
+    }
+
+    fn sleep(
+        &self,
+        d: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let reached = {
+                let mut now = self.now.lock().expect("lock");
+                *now += d;
+                self.slept.lock().expect("lock").push(d);
+                *now >= self.end
+            };
+            if reached {
+                self.done.notify_one();
+            }
+            tokio::task::yield_now().await;
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_hours_on_a_virtual_clock_follow_the_rules() {
+    let host = Host::new(
+        "[schedule]\ninterval = \"1h\"\naging = \"2h\"\n\
+         [zones.black_box]\nmax_backups = 2\n[zones.deletion]\nmax_backups = 4\n\
+         [daemon]\nmetrics_addr = \"off\"\n",
+    );
+    fs::write(host.src().join("data.txt"), "business data\n").expect("write");
+    let loaded = tierkeep::config::load(
+        &tierkeep::config::Sources {
+            file: Some(host.config.clone()),
+            flags: Vec::new(),
+            env: false,
+        },
+        true,
+    )
+    .expect("config");
+    let tk = Arc::new(tierkeep::ops::Tierkeep::new(loaded.settings).expect("open"));
+    let start = time::OffsetDateTime::now_utc();
+    let clock = Arc::new(VirtualClock {
+        now: Mutex::new(start),
+        end: start + Duration::from_secs(12 * 3600),
+        done: tokio::sync::Notify::new(),
+        slept: Mutex::new(Vec::new()),
+    });
+    let daemon = tierkeep::daemon::Daemon::new(tk.clone(), clock.clone());
+    let ended = daemon
+        .run(None, clock.done.notified(), std::future::pending())
+        .await;
+    assert_eq!(ended, tierkeep::daemon::Ended::Clean);
+
+    // One backup at the start and one per hour after it.
+    let catalog = tk.catalog().expect("catalog");
+    let events = catalog.events(None, 100_000).expect("events");
+    let created: Vec<_> = events.iter().filter(|e| e.kind == "created").collect();
+    assert!(
+        (12..=13).contains(&created.len()),
+        "{} backups in 12 virtual hours",
+        created.len()
+    );
+    let mut times: Vec<_> = created.iter().map(|e| e.at).collect();
+    times.sort();
+    for w in times.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= time::Duration::hours(1) && gap < time::Duration::minutes(61),
+            "backups {} and {} are {gap} apart",
+            w[0],
+            w[1]
+        );
+    }
+    // Aged after T2, never early; the earliest evicted; the zones within capacity.
+    let aged: Vec<_> = events.iter().filter(|e| e.kind == "aged").collect();
+    assert!(aged.len() >= 9, "{} aged", aged.len());
+    assert!(
+        aged.iter().all(|e| !e.reason.contains("early")),
+        "aged early: {aged:?}"
+    );
+    let bb = catalog
+        .list(Some(tierkeep::domain::Zone::BlackBox))
+        .expect("list");
+    let del = catalog
+        .list(Some(tierkeep::domain::Zone::Deletion))
+        .expect("list");
+    assert!(
+        bb.len() <= 2 && del.len() == 4,
+        "{} / {}",
+        bb.len(),
+        del.len()
+    );
+    let oldest_kept = del
+        .iter()
+        .map(|r| r.id.to_string())
+        .min()
+        .expect("deletion");
+    for e in events.iter().filter(|e| e.kind == "evicted") {
+        assert!(e.backup_id.as_deref().expect("id") < oldest_kept.as_str());
+    }
+    // No busy polling: every wait is between MIN_PAUSE and MAX_IDLE, and the scheduler
+    // woke at most about once a minute.
+    let slept = clock.slept.lock().expect("lock").clone();
+    assert!(
+        slept
+            .iter()
+            .all(|d| *d >= tierkeep::daemon::MIN_PAUSE && *d <= tierkeep::daemon::MAX_IDLE),
+        "{slept:?}"
+    );
+    assert!(slept.len() <= 12 * 60 + 30, "{} wake-ups", slept.len());
+    let text = daemon.metrics_text();
+    assert_eq!(
+        sample(
+            &text,
+            "tierkeep_backups_total{zone=\"black-box\",outcome=\"created\"}"
+        ),
+        Some(created.len() as f64),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_the_post_hook_still_runs() {
+    let host0 = Host::new("");
+    let log = host0.root().join("hooks.log");
+    let host = Host::new(&format!(
+        "[daemon]\nmetrics_addr = \"off\"\nshutdown_grace = \"60s\"\n\
+         [hooks]\npre_backup = \"echo pre >> {l}; sleep 50\"\n\
+         post_backup = \"echo post $TIERKEEP_BACKUP_RESULT >> {l}\"\ntimeout = \"2m\"\n",
+        l = log.display()
+    ));
+    fs::write(host.src().join("data.txt"), "business data\n").expect("write");
+    let mut d = Daemon::start(&host, &[]);
+    let t = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|t| t.contains("pre")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no pre-hook:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first signal waits for the backup (grace 60 s); the second stops it at once.
+    d.signal(rustix::process::Signal::TERM);
+    d.wait_for("the graceful stop", Duration::from_secs(10), |v| {
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shutdown requested: no new work"))
+    });
+    d.signal(rustix::process::Signal::INT);
+    let (st, took) = d.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(1), "{}", d.log());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(
+        fs::read_to_string(&log).expect("hook log"),
+        "pre\npost aborted\n",
+        "{}",
+        d.log()
+    );
+    drop(d);
+    // Nothing half-made: no backup, and the next start begins cleanly.
+    assert!(host.list(None).is_empty());
+    host.ok(&["tick"]);
+    assert!(host.list(None).is_empty());
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tierkeep::daemon::{Daemon, Ended, SystemClock, bind_metrics};
+use tierkeep::daemon::{Daemon, Ended, SystemClock, bind_metrics, claim};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::Global;
@@ -24,6 +24,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     for w in &tk.settings.warnings {
         tracing::warn!("configuration: {w}");
     }
+    let _running = claim(&tk.settings)?;
     let addr = a
         .metrics_addr
         .unwrap_or_else(|| tk.settings.metrics_addr.clone());
