@@ -23,6 +23,14 @@ aging = "3h"
 metrics_addr = "127.0.0.1:0"
 ${2:-}
 TOML
+# A restart is the usual case: a configured policy is then already compiled in
+# data_dir/policy-cache. TIERKEEP_IDLE_COLD=1 measures the very first start instead.
+if [ -z "${TIERKEEP_IDLE_COLD:-}" ]; then
+  "$bin" --config "$work/tierkeep.toml" run 2> "$work/first.log" &
+  first=$!
+  for _ in $(seq 100); do grep -q "scheduled backup created" "$work/first.log" && break; sleep 0.1; done
+  kill -TERM "$first"; wait "$first" || true
+fi
 "$bin" --config "$work/tierkeep.toml" run 2> "$work/log" &
 pid=$!
 # Let it start, recover and take its first backup.
