@@ -289,7 +289,10 @@ impl Daemon {
                             tracing::info!("shutdown requested; no work in flight");
                             break 'outer;
                         }
-                        () = &mut abort => break 'outer,
+                        () = &mut abort => {
+                            ended = Ended::Aborted;
+                            break 'outer;
+                        }
                     }
                 }
                 () = &mut shutdown => {
@@ -349,7 +352,8 @@ impl Daemon {
             tracing::error!("aging and eviction failed: {e}");
             error = Some(format!("aging and eviction: {e}"));
         }
-        let due = match self.state().next_backup {
+        let cached = self.state().next_backup;
+        let due = match cached {
             Some(t) => t,
             None => match self.first_due(now) {
                 Ok(t) => t,
@@ -360,7 +364,9 @@ impl Daemon {
             },
         };
         self.state().next_backup = Some(due);
-        if now >= due {
+        // A shutdown asked for during the aging above starts no backup.
+        let stopping = self.state().stopping;
+        if now >= due && !stopping {
             let attempt = self.clock.now();
             let clock = self.clock.clone();
             let now_fn = move || clock.now();
@@ -414,6 +420,7 @@ impl Daemon {
             let mut catalog = self.tk.catalog()?;
             let report = self.tk.recover(&mut catalog, now).await?;
             self.tk.set_recovered(true);
+            self.tk.end_work(true);
             Ok::<_, OpsError>(report)
         }
         .await;

@@ -9,6 +9,7 @@
 //! was started, whether the reading succeeded or not.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -90,64 +91,101 @@ pub async fn run(
         command: command.to_owned(),
         source,
     })?;
-    let pid = child.id();
-    // Both pipes are drained concurrently with the wait, so a chatty hook cannot block.
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let collect = async {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let read_out = async {
-            if let Some(s) = stdout.as_mut() {
-                let _ = s.read_to_end(&mut out).await;
+    // Until the hook has exited, dropping this run (a daemon stopped mid-hook) or a
+    // timeout kills its whole process group, not only `sh`.
+    let mut group = GroupGuard(
+        child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32)),
+    );
+    // Both pipes are drained beside the wait, so a chatty hook cannot block; a hook that
+    // leaves a process in the background holding them is not waited for past its exit.
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    if let Some(s) = child.stdout.take() {
+        readers.push(tokio::spawn(drain(s, output.clone())));
+    }
+    if let Some(s) = child.stderr.take() {
+        readers.push(tokio::spawn(drain(s, output.clone())));
+    }
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    let finish_reading = async {
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            for r in &mut readers {
+                let _ = r.await;
             }
-        };
-        let read_err = async {
-            if let Some(s) = stderr.as_mut() {
-                let _ = s.read_to_end(&mut err).await;
-            }
-        };
-        tokio::join!(read_out, read_err);
-        out.extend_from_slice(&err);
+        })
+        .await;
+        for r in &readers {
+            r.abort();
+        }
+        let out = output.lock().unwrap_or_else(|p| p.into_inner()).clone();
         out
     };
-    let waited = tokio::time::timeout(timeout, async {
-        let (output, status) = tokio::join!(collect, child.wait());
-        (output, status)
-    })
-    .await;
     match waited {
-        Ok((_, Ok(status))) if status.success() => {
-            tracing::info!(
-                hook,
-                command,
-                seconds = started.elapsed().as_secs_f64(),
-                "hook finished"
-            );
-            Ok(())
+        Ok(Ok(status)) => {
+            // It exited: what it left in the background is its business (a lock holder).
+            group.0 = None;
+            let out = finish_reading.await;
+            if status.success() {
+                tracing::info!(
+                    hook,
+                    command,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "hook finished"
+                );
+                Ok(())
+            } else {
+                Err(HookError::Failed {
+                    hook,
+                    command: command.to_owned(),
+                    status: status.to_string(),
+                    output: tail(&out),
+                })
+            }
         }
-        Ok((output, Ok(status))) => Err(HookError::Failed {
-            hook,
-            command: command.to_owned(),
-            status: status.to_string(),
-            output: tail(&output),
-        }),
-        Ok((_, Err(source))) => Err(HookError::Spawn {
+        Ok(Err(source)) => Err(HookError::Spawn {
             hook,
             command: command.to_owned(),
             source,
         }),
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
+            drop(group);
             let _ = child.kill().await;
+            let out = finish_reading.await;
             Err(HookError::TimedOut {
                 hook,
                 command: command.to_owned(),
                 timeout,
-                output: String::new(),
+                output: tail(&out),
             })
+        }
+    }
+}
+
+/// Kills a hook's process group when dropped, unless emptied.
+struct GroupGuard(Option<rustix::process::Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Reads a pipe into `out`, keeping at most the last 64 KiB.
+async fn drain(mut pipe: impl tokio::io::AsyncRead + Unpin, out: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+        o.extend_from_slice(&buf[..n]);
+        if o.len() > 64 * 1024 {
+            let cut = o.len() - 64 * 1024;
+            o.drain(..cut);
         }
     }
 }
@@ -177,6 +215,19 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("exit status: 3"), "{text}");
         assert!(text.contains("flush failed"), "{text}");
+
+        // A hook that leaves a process in the background holding its output is done when
+        // it exits (a lock holder), not when the pipes close.
+        let started = std::time::Instant::now();
+        run(
+            "pre_backup",
+            "sleep 20 & echo started",
+            Duration::from_secs(10),
+            &[],
+        )
+        .await
+        .expect("a hook that backgrounds a process");
+        assert!(started.elapsed() < Duration::from_secs(5));
 
         // The timeout kills the whole group: the background sleep must not outlive it.
         let dir = tempfile::tempdir().expect("tempdir");

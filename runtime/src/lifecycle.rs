@@ -418,11 +418,20 @@ impl Tierkeep {
                 self.make_room_in_deletion(catalog, 1, rec.size_bytes, now)
                     .await?,
             );
-            let reason = format!(
-                "black box full ({} of {} backups): aged early to make room for a new backup",
-                present.len(),
-                cap.max_backups
-            );
+            let reason = if incoming == 0 {
+                format!(
+                    "black box over its capacity ({} of {} backups, taken under pressure): aged \
+                     to bring it back within capacity",
+                    present.len(),
+                    cap.max_backups
+                )
+            } else {
+                format!(
+                    "black box full ({} of {} backups): aged early to make room for a new backup",
+                    present.len(),
+                    cap.max_backups
+                )
+            };
             self.move_to_deletion(catalog, rec, now, &reason, progress)
                 .await?;
             aged.push(id.to_string());
@@ -441,9 +450,7 @@ impl Tierkeep {
         let mut catalog = self.catalog()?;
         let result = self.tick_locked(&mut catalog, now, progress).await;
         progress.finish();
-        if result.is_err() {
-            self.set_recovered(false);
-        }
+        self.end_work(result.is_ok());
         result
     }
 
@@ -489,6 +496,13 @@ impl Tierkeep {
                 .await?;
             report.aged.push(id.to_string());
         }
+        // A black box over its capacity (taken beyond it under pressure) is brought back
+        // within it, oldest first, as soon as aging works again.
+        let (aged, evicted) = self
+            .make_room_in_black_box(catalog, 0, 0, now, progress)
+            .await?;
+        report.aged.extend(aged);
+        report.evicted.extend(evicted);
         report
             .evicted
             .extend(self.make_room_in_deletion(catalog, 0, 0, now).await?);

@@ -387,9 +387,9 @@ impl Tierkeep {
                 &[("zone", zone.as_str())],
                 m.archive_bytes as f64,
             );
-        } else {
-            self.set_recovered(false);
         }
+        // A refusal wrote nothing and leaves nothing to recover.
+        self.end_work(outcome != "failed");
         result.map(|manifest| BackupOutcome {
             manifest,
             zone,
@@ -415,12 +415,40 @@ impl Tierkeep {
         catalog: &mut Catalog,
         now: OffsetDateTime,
     ) -> Result<Option<crate::lifecycle::RecoveryReport>, OpsError> {
+        // Work by another process (a CLI run) that did not end cleanly left its marker.
+        let marker = self.work_marker();
+        if marker.exists() {
+            self.set_recovered(false);
+        }
         if !self.needs_recovery() {
+            fs::write(&marker, std::process::id().to_string()).map_err(io_err("write", &marker))?;
             return Ok(None);
         }
         let report = self.recover(catalog, now).await?;
-        self.set_recovered(true);
+        // A zone that could not be listed is looked at again by the next piece of work.
+        self.set_recovered(report.unreachable.is_empty());
+        fs::write(&marker, std::process::id().to_string()).map_err(io_err("write", &marker))?;
         Ok(Some(report))
+    }
+
+    /// `data_dir/locks/<host>.work`: present while a backup or a lifecycle pass works
+    /// under the host lock, removed when it ends cleanly. Whoever finds it left over by a
+    /// process that crashed (or was stopped) runs a recovery pass first.
+    fn work_marker(&self) -> PathBuf {
+        self.settings
+            .data_dir
+            .join("locks")
+            .join(format!("{}.work", self.settings.host_id))
+    }
+
+    /// Ends a piece of work begun by [`Tierkeep::recover_if_needed`]: a clean end removes
+    /// the marker; a failure leaves it (and the next work recovers first).
+    pub(crate) fn end_work(&self, ok: bool) {
+        if ok {
+            let _ = fs::remove_file(self.work_marker());
+        } else {
+            self.set_recovered(false);
+        }
     }
 
     /// Free bytes of the black box's filesystem, if it can be asked.
@@ -708,8 +736,26 @@ impl Tierkeep {
                 }
                 BackupKind::Scheduled if pressure => {}
                 BackupKind::Scheduled => {
-                    self.make_room_in_black_box(catalog, 1, manifest.archive_bytes, now, progress)
-                        .await?;
+                    if let Err(e) = self
+                        .make_room_in_black_box(catalog, 1, manifest.archive_bytes, now, progress)
+                        .await
+                    {
+                        // The byte limit, with aging impossible: the same pressure rule as
+                        // for the count (the disk reserve was checked before writing).
+                        let text = format!(
+                            "black-box pressure: this backup ({}) does not fit \
+                             zones.black_box.max_bytes and the oldest backups cannot age out \
+                             ({e}); no unmoved backup is deleted, so it is kept beyond the \
+                             limit and aging catches up once the deletion zone answers",
+                            format_size(manifest.archive_bytes)
+                        );
+                        tracing::error!("{text}");
+                        crate::metrics::inc(
+                            "tierkeep_black_box_pressure_events_total",
+                            &[("outcome", "over_capacity")],
+                        );
+                        catalog.note(now, "pressure", Some(zone), &text)?;
+                    }
                 }
             }
         }
@@ -722,16 +768,18 @@ impl Tierkeep {
     /// Runs the post-backup hook, if any; a failure is logged loudly and counted, but
     /// does not undo a backup that was taken.
     async fn post_hook(&self, hooks: &crate::config::Hooks, env: &[(&str, String)]) {
-        self.open_hook
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
         if let Some(cmd) = &hooks.post_backup
             && let Err(e) = crate::hooks::run("post_backup", cmd, hooks.timeout, env).await
         {
             crate::metrics::inc("tierkeep_hook_failures_total", &[("hook", "post_backup")]);
             tracing::error!("{e}: the sources may still be in the state the pre-hook left them");
         }
+        // Owed no more only once it has run to its end (a run dropped midway is redone by
+        // `release_hooks`).
+        self.open_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// Runs the post-backup hook of a backup that was dropped between its pre-hook and

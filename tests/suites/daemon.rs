@@ -447,7 +447,7 @@ fn kill_9_at_random_moments_loses_nothing() {
         std::thread::sleep(Duration::from_millis(100));
         reported.extend(d.created());
     }
-    assert!(reported.len() >= 5, "too few backups made: {reported:?}");
+    assert!(reported.len() >= 3, "too few backups made: {reported:?}");
     eprintln!(
         "kill -9 loop: 12 kills, {} backups reported created",
         reported.len()
@@ -496,7 +496,8 @@ fn black_box_pressure_keeps_every_backup_and_is_loud() {
         &server,
         (1, 10, 2),
         "",
-        "[schedule]\ninterval = \"1s\"\naging = \"1s\"\n",
+        // T2 far enough that only the pressure catch-up can bring the black box back.
+        "[schedule]\ninterval = \"1s\"\naging = \"10s\"\n",
     );
     fs::write(host.src().join("data.txt"), "business data\n").expect("write");
     server.stop();

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use tierkeep::domain::{BackupKind, format_size};
 
@@ -29,7 +29,15 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
         BackupKind::Scheduled
     };
     let progress = g.progress(a.json);
-    let out = tk.backup(kind, a.label, &now, &progress).await?;
+    // SIGINT or SIGTERM stops the backup where it stands (what it leaves is recovered by
+    // the next run), but still runs a post-hook that is owed, so nothing stays frozen.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    let out = tokio::select! {
+        out = tk.backup(kind, a.label, &now, &progress) => out?,
+        _ = tokio::signal::ctrl_c() => return interrupted(&tk, "SIGINT").await,
+        _ = term.recv() => return interrupted(&tk, "SIGTERM").await,
+    };
     if a.json {
         print_json(&out)?;
     } else {
@@ -49,4 +57,12 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn interrupted(tk: &tierkeep::ops::Tierkeep, signal: &str) -> Result<ExitCode> {
+    tk.release_hooks().await;
+    anyhow::bail!(
+        "{signal}: the backup was stopped before it was committed; the next tierkeep run \
+         removes what it left"
+    )
 }
