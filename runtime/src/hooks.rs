@@ -119,8 +119,7 @@ pub async fn run(
         for r in &readers {
             r.abort();
         }
-        let out = output.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        out
+        output.lock().unwrap_or_else(|p| p.into_inner()).clone()
     };
     match waited {
         Ok(Ok(status)) => {
