@@ -201,6 +201,24 @@ pub fn claim(settings: &crate::config::Settings) -> Result<DaemonLock, DaemonErr
     }
 }
 
+/// The pid of the daemon running for this host, if one is (read from its lock).
+pub fn running(settings: &crate::config::Settings) -> Option<u32> {
+    use std::io::Read;
+    let path = settings
+        .data_dir
+        .join("locks")
+        .join(format!("{}.daemon.lock", settings.host_id));
+    let mut file = std::fs::File::open(&path).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(_) => {
+            let mut pid = String::new();
+            file.read_to_string(&mut pid).ok()?;
+            pid.trim().parse().ok()
+        }
+    }
+}
+
 /// Binds the metrics listener of `settings` (`None` when `daemon.metrics_addr = "off"`).
 pub async fn bind_metrics(addr: &str) -> Result<Option<TcpListener>, DaemonError> {
     if addr == "off" {

@@ -190,6 +190,8 @@ pub struct Status {
     /// Black-box pressure: why the black box is over its capacity or its last scheduled
     /// backup was refused (the deletion zone unreachable, the disk reserve reached).
     pub black_box_pressure: Option<String>,
+    /// The pid of the daemon (`tierkeep run`) running for this host, if one is.
+    pub daemon_pid: Option<u32>,
     /// The catalog file.
     pub catalog: PathBuf,
 }
@@ -1100,6 +1102,7 @@ impl Tierkeep {
         };
         Ok(Status {
             black_box_pressure,
+            daemon_pid: crate::daemon::running(&self.settings),
             host_id: self.settings.host_id.clone(),
             zones,
             next_backup: next_scheduled(&self.settings.schedule, last_scheduled, now),

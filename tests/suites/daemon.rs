@@ -256,6 +256,7 @@ fn the_daemon_keeps_the_zones_by_the_rules() {
             .collect();
         if from_metrics == listed_all && from_status == listed_all {
             agreed = true;
+            assert_eq!(status["daemon_pid"], d.child.id(), "{status}");
             assert!(
                 sample(
                     &text,

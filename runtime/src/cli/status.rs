@@ -28,6 +28,10 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
     for z in &s.zones {
         println!("{:<9} {}  {}", z.zone.as_str(), usage_line(z), z.url);
     }
+    match s.daemon_pid {
+        Some(pid) => println!("daemon    running (pid {pid})"),
+        None => println!("daemon    not running (`tierkeep run`)"),
+    }
     println!("next backup due {}", rfc3339(s.next_backup));
     match &s.last_result {
         Some(e) => println!(
