@@ -4,7 +4,8 @@
 //! `TIERKEEP_FAULTS=name=kill` makes the process abort (SIGABRT, no clean-up, like a
 //! crash or `kill -9`) when it reaches `name`; `name=error` makes that step fail with an
 //! error instead, as a lost connection would; `name=pause:MS` (at points passed through
-//! [`checkpoint`], such as `s3.part_uploaded` after each part of a multipart upload)
+//! [`checkpoint`], such as `s3.part_uploaded` after each part of a multipart upload and
+//! `s3.range_downloaded` after each ranged part of a download)
 //! sleeps there, so that a test can stop a real server mid-transfer. Several points are
 //! separated by commas.
 //! Unset, every point is a no-op costing one lookup in an empty list.

@@ -233,10 +233,7 @@ impl Tierkeep {
         }
         catalog.note_backup(&rec.id, now, "evicting", Some(Zone::Deletion), reason)?;
         faults::point("evict.after_intent")?;
-        match self.store(Zone::Deletion).delete(&self.key_of(rec)).await {
-            Ok(()) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.remove_copy(rec, Zone::Deletion).await?;
         faults::point("evict.after_delete")?;
         catalog.mark_removed(&rec.id, Zone::Deletion, State::Evicted, now, reason)?;
         crate::metrics::inc(
@@ -364,7 +361,7 @@ impl Tierkeep {
         faults::point("move.after_commit")?;
         catalog.mark_moved(&rec.id, Zone::BlackBox, Zone::Deletion, now, reason)?;
         faults::point("move.after_catalog")?;
-        src.delete(&key).await?;
+        self.remove_copy(rec, Zone::BlackBox).await?;
         faults::point("move.after_remove")?;
         tracing::info!(id = %rec.id, "aged into the deletion zone: {reason}");
         Ok(())

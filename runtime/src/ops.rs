@@ -202,6 +202,24 @@ pub struct HostLock {
     _file: File,
 }
 
+/// A hold on one backup's copy in its zone: shared by readers (restore, export, verify)
+/// while they read it, exclusive for whoever removes that copy (the end of a move, an
+/// eviction, an operator's delete), who therefore waits for the readers to finish. So a
+/// restore from the CLI runs safely beside the daemon's aging and eviction.
+#[derive(Debug)]
+pub struct Pin {
+    file: File,
+    path: PathBuf,
+}
+
+impl Pin {
+    /// Releases an exclusive pin after the copy is gone, removing its file.
+    fn release_removed(self) {
+        let _ = fs::remove_file(&self.path);
+        drop(self.file);
+    }
+}
+
 /// The runtime for one host's configuration.
 #[derive(Debug)]
 pub struct Tierkeep {
@@ -316,6 +334,76 @@ impl Tierkeep {
                     .map_err(io_err("lock", &path2))
             }
             Err(fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
+        }
+    }
+
+    /// Takes the pin of backup `id` (see [`Pin`]): shared to read it, exclusive to remove
+    /// a copy of it (waiting, with a log line, for the readers).
+    pub(crate) async fn pin(&self, id: &BackupId, exclusive: bool) -> Result<Pin, OpsError> {
+        let dir = self.settings.data_dir.join("locks").join("pins");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let path = dir.join(format!("{}-{id}.pin", self.settings.host_id));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        let held = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        let file = match held {
+            Ok(()) => file,
+            Err(fs::TryLockError::WouldBlock) => {
+                if exclusive {
+                    tracing::warn!(%id, "waiting for a restore, export or verify of this backup to finish reading it");
+                }
+                tokio::task::spawn_blocking(move || {
+                    if exclusive {
+                        file.lock()
+                    } else {
+                        file.lock_shared()
+                    }
+                    .map(|()| file)
+                })
+                .await
+                .map_err(|e| OpsError::Internal(e.to_string()))?
+                .map_err(io_err("lock", &path))?
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
+        };
+        Ok(Pin { file, path })
+    }
+
+    /// Removes the copy of `rec` in `zone` once no reader is reading it.
+    pub(crate) async fn remove_copy(&self, rec: &Record, zone: Zone) -> Result<(), OpsError> {
+        let pin = self.pin(&rec.id, true).await?;
+        let result = self.store(zone).delete(&self.key(rec)).await;
+        pin.release_removed();
+        match result {
+            Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Resolves `text` and pins the backup for reading; the record returned is read
+    /// again under the pin, so it names the zone the backup is in now.
+    async fn resolve_pinned(&self, text: &str) -> Result<(Record, Pin), OpsError> {
+        let rec = {
+            let catalog = self.catalog()?;
+            self.resolve(&catalog, text)?
+        };
+        self.repin(rec).await
+    }
+
+    async fn repin(&self, rec: Record) -> Result<(Record, Pin), OpsError> {
+        let pin = self.pin(&rec.id, false).await?;
+        let catalog = self.catalog()?;
+        match catalog.get(&rec.id)? {
+            Some(r) if r.state == State::Present => Ok((r, pin)),
+            _ => Err(OpsError::NotFound(rec.id.to_string())),
         }
     }
 
@@ -848,10 +936,7 @@ impl Tierkeep {
         only: Option<&Path>,
         progress: &Progress,
     ) -> Result<RestoreOutcome, OpsError> {
-        let rec = {
-            let catalog = self.catalog()?;
-            self.resolve(&catalog, id)?
-        };
+        let (rec, _pin) = self.resolve_pinned(id).await?;
         let only = match only {
             Some(p) if !p.is_absolute() => {
                 return Err(OpsError::Usage(format!(
@@ -917,10 +1002,7 @@ impl Tierkeep {
         force: bool,
         progress: &Progress,
     ) -> Result<Record, OpsError> {
-        let rec = {
-            let catalog = self.catalog()?;
-            self.resolve(&catalog, id)?
-        };
+        let (rec, _pin) = self.resolve_pinned(id).await?;
         if to.exists() && !force {
             return Err(OpsError::Usage(format!(
                 "{} exists: choose another file or pass --force to replace it",
@@ -961,7 +1043,16 @@ impl Tierkeep {
         };
         let mut out = Vec::new();
         for rec in records {
-            let outcome = self.verify_one(&rec, deep, progress).await;
+            let id = rec.id.clone();
+            let outcome = match self.repin(rec.clone()).await {
+                Ok((rec, _pin)) => self.verify_one(&rec, deep, progress).await,
+                // Aged or evicted while the others were verified: nothing to check.
+                Err(OpsError::NotFound(_)) if !matches!(rec.state, State::Missing) => {
+                    tracing::info!(%id, "no longer present (aged or evicted meanwhile)");
+                    continue;
+                }
+                Err(e) => Err(e),
+            };
             if let Err(e) = &outcome {
                 tracing::error!(id = %rec.id, zone = %rec.zone, "verification failed: {e}");
             }
@@ -1027,11 +1118,7 @@ impl Tierkeep {
         let _lock = self.lock().await?;
         let mut catalog = self.catalog()?;
         let rec = self.resolve(&catalog, id)?;
-        let key = self.key(&rec);
-        match self.store(rec.zone).delete(&key).await {
-            Ok(()) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.remove_copy(&rec, rec.zone).await?;
         catalog.mark_removed(
             &rec.id,
             rec.zone,

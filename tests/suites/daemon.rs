@@ -801,3 +801,52 @@ fn a_second_signal_stops_at_once_and_the_post_hook_still_runs() {
     host.ok(&["tick"]);
     assert!(host.list(None).is_empty());
 }
+
+#[test]
+fn an_export_beside_an_eviction_finishes_before_the_backup_goes() {
+    let server = s3::shared();
+    let (host, _) = s3_host(server, (1, 1, 2), "", "");
+    fs::write(host.src().join("data.txt"), "business data\n").expect("write");
+    let a = host.backup(&[]);
+    let a_id = a["id"].as_str().expect("id").to_owned();
+    host.backup(&[]); // `a` ages into the deletion zone, which is now full
+    assert_eq!(host.list(Some("deletion")).len(), 1);
+
+    // An export of `a` that pauses 3 s in its download...
+    let out = host.root().join("a.tar.zst");
+    let mut export = host.std_cmd(&["export", &a_id, "--to", out.to_str().expect("utf8")]);
+    export
+        .env("TIERKEEP_FAULTS", "s3.range_downloaded=pause:3000")
+        .stderr(Stdio::piped());
+    let mut export = export.spawn().expect("spawn export");
+    let mut err = BufReader::new(export.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("pausing") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("read") > 0,
+            "export ended early"
+        );
+    }
+    // ...and meanwhile a backup that must evict `a` to age the black box's backup.
+    let mut backup = host.std_cmd(&["backup"]);
+    backup.stderr(Stdio::piped()).stdout(Stdio::null());
+    let backup = backup.spawn().expect("spawn backup");
+    // The export succeeds (an eviction under it would make it fail: object gone) and
+    // the backup says it waited for it.
+    assert!(export.wait().expect("export").success());
+    let backup = backup.wait_with_output().expect("backup");
+    let berr = String::from_utf8_lossy(&backup.stderr);
+    assert!(backup.status.success(), "{berr}");
+    assert!(
+        berr.contains("waiting for a restore, export or verify"),
+        "{berr}"
+    );
+    // The export is whole, and `a` was evicted after it.
+    assert_eq!(
+        sha256_file(&out),
+        a["archive_sha256"].as_str().expect("sha")
+    );
+    let history = host.ok(&["catalog", "history", &a_id]);
+    assert!(history.contains("evicted"), "{history}");
+}

@@ -569,6 +569,9 @@ impl S3Store {
             at += n;
             progress(n);
         }
+        crate::faults::checkpoint("s3.range_downloaded")
+            .await
+            .map_err(|e| StoreError::Unsupported(e.to_string()))?;
         if at != offset + len {
             return Err(StoreError::Remote {
                 zone: self.url.clone(),
