@@ -26,7 +26,6 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
-use crate::decision::Decider;
 use crate::domain::{BackupKind, Zone};
 use crate::metrics::{self, Gauge};
 use crate::ops::{OpsError, Tierkeep};
@@ -481,23 +480,10 @@ impl Daemon {
         }
     }
 
-    /// When the first scheduled backup of this run is due: the last scheduled attempt
-    /// (or backup) plus the policy's interval, or now if that is past or there is none.
+    /// When the first scheduled backup of this run is due (as `status` says).
     fn first_due(&self, now: OffsetDateTime) -> Result<OffsetDateTime, OpsError> {
         let catalog = self.tk.catalog()?;
-        let ctx = self.tk.policy_context(&catalog, now)?;
-        let newest = catalog
-            .list(None)?
-            .into_iter()
-            .filter(|r| r.kind == BackupKind::Scheduled)
-            .map(|r| r.created_at)
-            .max();
-        let last = ctx.recent.first().map(|a| a.at).max(newest);
-        let Some(last) = last else {
-            return Ok(now);
-        };
-        let interval = self.decide_interval(&ctx);
-        Ok((last + interval).max(now))
+        self.tk.next_backup_due(&catalog, now)
     }
 
     fn interval_after(&self, attempt: OffsetDateTime) -> Result<Duration, OpsError> {
@@ -507,11 +493,7 @@ impl Daemon {
     }
 
     fn decide_interval(&self, ctx: &crate::decision::PolicyContext) -> Duration {
-        let rules = self.tk.policy.rules();
-        let started = std::time::Instant::now();
-        let d = Decider { rules: &*rules }.interval(ctx);
-        crate::policy::report_fault(rules.name(), "interval", started, &d);
-        d.value
+        self.tk.decide_interval(ctx)
     }
 
     /// When the oldest black-box backup reaches T2.

@@ -445,15 +445,16 @@ pub struct Schedule {
     pub aging: Duration,
 }
 
-/// When the next scheduled backup is due, given the last scheduled backup's time.
+/// When the next scheduled backup is due, given the last scheduled attempt's time and
+/// the interval the policy gives: `interval` after it, or now if that has passed.
 pub fn next_scheduled(
-    schedule: &Schedule,
+    interval: Duration,
     last: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> OffsetDateTime {
     match last {
         Some(last) => {
-            let due = last + schedule.interval;
+            let due = last + interval;
             if due < now { now } else { due }
         }
         None => now,
@@ -800,18 +801,15 @@ mod tests {
 
     #[test]
     fn next_backup_is_interval_after_last() {
-        let s = Schedule {
-            interval: Duration::from_secs(3600),
-            aging: Duration::from_secs(7200),
-        };
+        let s = Duration::from_secs(3600);
         let now = datetime!(2026-11-25 12:00 UTC);
-        assert_eq!(next_scheduled(&s, None, now), now);
+        assert_eq!(next_scheduled(s, None, now), now);
         assert_eq!(
-            next_scheduled(&s, Some(datetime!(2026-11-25 11:30 UTC)), now),
+            next_scheduled(s, Some(datetime!(2026-11-25 11:30 UTC)), now),
             datetime!(2026-11-25 12:30 UTC)
         );
         assert_eq!(
-            next_scheduled(&s, Some(datetime!(2026-11-25 09:00 UTC)), now),
+            next_scheduled(s, Some(datetime!(2026-11-25 09:00 UTC)), now),
             now
         );
     }

@@ -109,6 +109,40 @@ impl Tierkeep {
         })
     }
 
+    /// The policy's interval for `ctx` (checked; the built-in rules' on a fault).
+    pub fn decide_interval(&self, ctx: &PolicyContext) -> std::time::Duration {
+        let rules = self.policy.rules();
+        let started = std::time::Instant::now();
+        let d = Decider { rules: &*rules }.interval(ctx);
+        crate::policy::report_fault(rules.name(), "interval", started, &d);
+        d.value
+    }
+
+    /// When the next scheduled backup is due: the last scheduled attempt (or backup) plus
+    /// the policy's interval, or `now` if that is past or there has been none.
+    pub fn next_backup_due(
+        &self,
+        catalog: &Catalog,
+        now: OffsetDateTime,
+    ) -> Result<OffsetDateTime, OpsError> {
+        let ctx = self.policy_context(catalog, now)?;
+        let newest = catalog
+            .list(None)?
+            .into_iter()
+            .filter(|r| r.kind == crate::domain::BackupKind::Scheduled)
+            .map(|r| r.created_at)
+            .max();
+        let last = ctx.recent.first().map(|a| a.at).max(newest);
+        if last.is_none() {
+            return Ok(now);
+        }
+        Ok(crate::domain::next_scheduled(
+            self.decide_interval(&ctx),
+            last,
+            now,
+        ))
+    }
+
     fn key_of(&self, rec: &Record) -> BackupKey {
         BackupKey {
             host: rec.host_id.clone(),

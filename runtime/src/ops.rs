@@ -18,7 +18,7 @@ use crate::catalog::{Catalog, CatalogError, Record, State};
 use crate::config::Settings;
 use crate::domain::{
     Admission, BackupId, BackupKind, BlackBoxAdmission, Capacity, Usage, Zone, admit_new_backup,
-    admit_scheduled, format_size, next_scheduled,
+    admit_scheduled, format_size,
 };
 use crate::progress::Progress;
 use crate::store::{self, BackupKey, StoreError, ZoneStore};
@@ -1163,12 +1163,6 @@ impl Tierkeep {
                 newest: catalog.list(Some(zone))?.first().map(|r| r.id.to_string()),
             });
         }
-        let last_scheduled = catalog
-            .list(None)?
-            .into_iter()
-            .filter(|r| r.kind == BackupKind::Scheduled)
-            .map(|r| r.created_at)
-            .max();
         let black_box_pressure = {
             let bb = &zones[0];
             let last_attempt = catalog.events(None, 200)?.into_iter().find(|e| {
@@ -1192,7 +1186,7 @@ impl Tierkeep {
             daemon_pid: crate::daemon::running(&self.settings),
             host_id: self.settings.host_id.clone(),
             zones,
-            next_backup: next_scheduled(&self.settings.schedule, last_scheduled, now),
+            next_backup: self.next_backup_due(&catalog, now)?,
             last_result: catalog.last_event(&["created", "failed", "refused"])?,
             policy: self.policy.status().describe(),
             policy_error: self.policy.status().error,

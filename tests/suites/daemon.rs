@@ -662,7 +662,8 @@ impl tierkeep::daemon::Clock for VirtualClock {
 async fn twelve_hours_on_a_virtual_clock_follow_the_rules() {
     let host = Host::new(
         "[schedule]\ninterval = \"1h\"\naging = \"2h\"\n\
-         [zones.black_box]\nmax_backups = 2\n[zones.deletion]\nmax_backups = 4\n\
+         [zones.black_box]\nmax_backups = 2\nmin_free = \"16MiB\"\n\
+         [zones.deletion]\nmax_backups = 4\n\
          [daemon]\nmetrics_addr = \"off\"\n",
     );
     fs::write(host.src().join("data.txt"), "business data\n").expect("write");
