@@ -365,7 +365,9 @@ pub fn admit_scheduled(
             ),
         };
     }
-    match capacity.admits(usage, estimate) {
+    // The count only: a byte limit is checked against the real size once the archive is
+    // written (and room made for it then).
+    match capacity.admits(usage, 0) {
         Ok(()) => BlackBoxAdmission::Admit,
         Err(fullness) => match aging_failed {
             Some(_) => BlackBoxAdmission::OverCapacity {
@@ -617,6 +619,15 @@ mod tests {
             };
             assert!(reason.contains("min_free"), "{reason}");
         }
+        // A byte limit is not judged on the estimate (room is made after writing).
+        let bytes_cap = Capacity {
+            max_backups: 2,
+            max_bytes: Some(150),
+        };
+        assert_eq!(
+            admit_scheduled(bytes_cap, room, None, Some(10 * gib), 100, gib),
+            BlackBoxAdmission::Admit
+        );
         // Unknown free space (not a local filesystem we can ask): capacity alone decides.
         assert_eq!(
             admit_scheduled(cap, room, None, None, 100, gib),
