@@ -235,3 +235,31 @@ fn a_kill_during_an_eviction_is_finished_as_an_eviction() {
         assert!(host.ok(&["catalog", "history", a_id]).contains("evicted"));
     }
 }
+
+#[test]
+fn a_black_box_byte_limit_ages_the_oldest_to_make_room() {
+    // Random data, so each archive is about 64 KiB; the black box holds two by bytes.
+    let host = Host::new(
+        "[zones.black_box]\nmax_backups = 5\nmax_bytes = \"150KiB\"\n[zones.deletion]\nmax_backups = 10\n",
+    );
+    let mut data = vec![0u8; 64 << 10];
+    getrandom::fill(&mut data).expect("random");
+    fs::write(host.src().join("f"), &data).expect("write");
+    let made: Vec<String> = (0..4)
+        .map(|_| host.backup(&[])["id"].as_str().expect("id").to_owned())
+        .collect();
+    let bb = committed(&host, "black-box");
+    assert_eq!(
+        bb,
+        made[2..].to_vec(),
+        "the newest two stay in the black box"
+    );
+    assert_eq!(committed(&host, "deletion"), made[..2].to_vec());
+    let bytes: u64 = host
+        .list(Some("black-box"))
+        .iter()
+        .map(|b| b["size_bytes"].as_u64().expect("size"))
+        .sum();
+    assert!(bytes <= 150 << 10, "{bytes} bytes in the black box");
+    assert_consistent(&host);
+}
