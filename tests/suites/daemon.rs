@@ -851,3 +851,41 @@ fn an_export_beside_an_eviction_finishes_before_the_backup_goes() {
     let history = host.ok(&["catalog", "history", &a_id]);
     assert!(history.contains("evicted"), "{history}");
 }
+
+#[test]
+fn an_interrupted_cli_backup_still_runs_the_post_hook() {
+    let host0 = Host::new("");
+    let log = host0.root().join("hooks.log");
+    let host = Host::new(&format!(
+        "[hooks]\npre_backup = \"echo pre >> {l}; sleep 50\"\n\
+         post_backup = \"echo post $TIERKEEP_BACKUP_RESULT >> {l}\"\n",
+        l = log.display()
+    ));
+    fs::write(host.src().join("data.txt"), "business data\n").expect("write");
+    let mut cmd = host.std_cmd(&["backup", "--manual"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn backup");
+    let t = Instant::now();
+    while !fs::read_to_string(&log).is_ok_and(|t| t.contains("pre")) {
+        assert!(t.elapsed() < Duration::from_secs(60), "no pre-hook");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    let st = child.wait().expect("wait");
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("SIGINT"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        fs::read_to_string(&log).expect("hook log"),
+        "pre\npost aborted\n"
+    );
+    assert!(host.list(None).is_empty());
+}
