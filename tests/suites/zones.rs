@@ -263,3 +263,40 @@ fn a_black_box_byte_limit_ages_the_oldest_to_make_room() {
     assert!(bytes <= 150 << 10, "{bytes} bytes in the black box");
     assert_consistent(&host);
 }
+
+#[test]
+fn a_black_box_over_its_byte_limit_keeps_the_newest_when_aging_fails() {
+    let host = Host::new(
+        "[zones.black_box]\nmax_backups = 5\nmax_bytes = \"150KiB\"\n[zones.deletion]\nmax_backups = 10\n",
+    );
+    let mut data = vec![0u8; 64 << 10];
+    getrandom::fill(&mut data).expect("random");
+    fs::write(host.src().join("f"), &data).expect("write");
+    host.backup(&[]);
+    host.backup(&[]);
+    // Aging fails: the third backup is kept beyond the byte limit, loudly.
+    let out = host
+        .cmd(&["backup", "--json"])
+        .env("TIERKEEP_FAULTS", "move.before_upload=error")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("black-box pressure") && err.contains("max_bytes"),
+        "{err}"
+    );
+    assert_eq!(committed(&host, "black-box").len(), 3);
+    assert!(committed(&host, "deletion").is_empty());
+    assert_consistent(&host);
+    // Aging works again: the next pass brings the black box back within its bytes.
+    host.ok(&["tick"]);
+    let bytes: u64 = host
+        .list(Some("black-box"))
+        .iter()
+        .map(|b| b["size_bytes"].as_u64().expect("size"))
+        .sum();
+    assert!(bytes <= 150 << 10, "{bytes} bytes in the black box");
+    assert_eq!(committed(&host, "deletion").len(), 1);
+    assert_consistent(&host);
+}
