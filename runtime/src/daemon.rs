@@ -270,12 +270,7 @@ impl Daemon {
                 .local_addr()
                 .map_or_else(|_| "?".to_owned(), |a| a.to_string());
             tracing::info!(%addr, "serving /metrics and /healthz on http://{addr}");
-            let view = View {
-                tk: self.tk.clone(),
-                clock: self.clock.clone(),
-                state: self.state.clone(),
-            };
-            tokio::spawn(serve(l, view))
+            tokio::spawn(serve(l, self.view()))
         });
         let grace = self.tk.settings.shutdown_grace;
         tracing::info!(
@@ -372,7 +367,12 @@ impl Daemon {
         let cached = self.state().next_backup;
         let due = match cached {
             Some(t) => t,
-            None => match self.first_due(now) {
+            // The first of this run: as `status` says.
+            None => match self
+                .tk
+                .catalog()
+                .and_then(|c| self.tk.next_backup_due(&c, now))
+            {
                 Ok(t) => t,
                 Err(e) => {
                     error.get_or_insert(e.to_string());
@@ -435,10 +435,10 @@ impl Daemon {
         let result = async {
             let _lock = self.tk.lock().await?;
             let mut catalog = self.tk.catalog()?;
-            let report = self.tk.recover(&mut catalog, now).await?;
-            self.tk.set_recovered(true);
+            self.tk.set_recovered(false);
+            let report = self.tk.recover_if_needed(&mut catalog, now).await?;
             self.tk.end_work(true);
-            Ok::<_, OpsError>(report)
+            Ok::<_, OpsError>(report.unwrap_or_default())
         }
         .await;
         match result {
@@ -472,28 +472,16 @@ impl Daemon {
                 for z in &r.unreachable {
                     tracing::warn!(zone = %z, "start-up recovery could not list a zone; it will be retried");
                 }
-                if !r.unreachable.is_empty() {
-                    self.tk.set_recovered(false);
-                }
             }
             Err(e) => tracing::error!("start-up recovery failed (retried with the next pass): {e}"),
         }
     }
 
-    /// When the first scheduled backup of this run is due (as `status` says).
-    fn first_due(&self, now: OffsetDateTime) -> Result<OffsetDateTime, OpsError> {
-        let catalog = self.tk.catalog()?;
-        self.tk.next_backup_due(&catalog, now)
-    }
-
+    /// The policy's interval after the attempt at `attempt`.
     fn interval_after(&self, attempt: OffsetDateTime) -> Result<Duration, OpsError> {
         let catalog = self.tk.catalog()?;
         let ctx = self.tk.policy_context(&catalog, attempt)?;
-        Ok(self.decide_interval(&ctx))
-    }
-
-    fn decide_interval(&self, ctx: &crate::decision::PolicyContext) -> Duration {
-        self.tk.decide_interval(ctx)
+        Ok(self.tk.decide_interval(&ctx))
     }
 
     /// When the oldest black-box backup reaches T2.
@@ -508,12 +496,16 @@ impl Daemon {
 
     /// The Prometheus text of this daemon (also what `/metrics` serves).
     pub fn metrics_text(&self) -> String {
+        self.view().metrics()
+    }
+
+    /// What the HTTP endpoints read.
+    fn view(&self) -> View {
         View {
             tk: self.tk.clone(),
             clock: self.clock.clone(),
             state: self.state.clone(),
         }
-        .metrics()
     }
 }
 

@@ -19,7 +19,7 @@ use std::fs;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::catalog::{Catalog, ReconcileReport, Record, State};
+use crate::catalog::{Catalog, Event, ReconcileReport, Record, State};
 use crate::decision::{Attempt, BuiltinRules, Decider, PolicyContext, Room, Rules, ZoneSnapshot};
 use crate::domain::{BackupView, Zone, format_duration, plan_room};
 use crate::faults;
@@ -68,6 +68,19 @@ fn views(records: &[Record]) -> Vec<BackupView> {
         .collect()
 }
 
+/// The recent scheduled backup attempts, newest first: the `created`, `failed` and
+/// `refused` events into the black box among the last 200 events.
+pub(crate) fn scheduled_attempts(catalog: &Catalog) -> Result<Vec<Event>, OpsError> {
+    Ok(catalog
+        .events(None, 200)?
+        .into_iter()
+        .filter(|e| {
+            matches!(e.kind.as_str(), "created" | "failed" | "refused")
+                && e.zone_to.or(e.zone_from) == Some(Zone::BlackBox)
+        })
+        .collect())
+}
+
 impl Tierkeep {
     /// What a policy decision may depend on, from the catalog at `now`.
     pub fn policy_context(
@@ -82,14 +95,10 @@ impl Tierkeep {
                 usage: catalog.usage(zone)?,
             })
         };
-        let recent = catalog
-            .events(None, 200)?
+        let recent = scheduled_attempts(catalog)?
             .into_iter()
-            // Scheduled attempts are the ones into the black box.
-            .filter(|e| {
-                (e.kind == "created" || e.kind == "failed")
-                    && e.zone_to.or(e.zone_from) == Some(Zone::BlackBox)
-            })
+            // A refusal wrote nothing: not an attempt a policy backs off from.
+            .filter(|e| e.kind != "refused")
             .take(32)
             .map(|e| Attempt {
                 at: e.at,

@@ -154,15 +154,6 @@ pub fn observe(name: &'static str, labels: &[(&'static str, &str)], took: Durati
     e.count += 1;
 }
 
-/// The value of a counter (tests, status).
-pub fn counter(name: &'static str, labels: &[(&'static str, &str)]) -> f64 {
-    let c = registry()
-        .counters
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    c.get(&key(name, labels)).copied().unwrap_or(0.0)
-}
-
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -109,6 +109,56 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     }
 }
 
+/// Reports a scheduled backup taken beyond the black box's capacity: an error in the
+/// log, the metric, and a `pressure` event in the audit trail.
+fn note_pressure(catalog: &mut Catalog, now: OffsetDateTime, why: &str) -> Result<(), OpsError> {
+    let text = format!("black-box pressure: {why}");
+    tracing::error!("{text}");
+    crate::metrics::inc(
+        "tierkeep_black_box_pressure_events_total",
+        &[("outcome", "over_capacity")],
+    );
+    catalog.note(now, "pressure", Some(Zone::BlackBox), &text)?;
+    Ok(())
+}
+
+/// Opens (creating it and its folder) the lock file `path` and locks it, exclusive or
+/// shared; when another process holds it, calls `waiting` and waits on a blocking thread.
+async fn lock_file(path: &Path, exclusive: bool, waiting: impl FnOnce()) -> Result<File, OpsError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let held = if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    };
+    match held {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            waiting();
+            tokio::task::spawn_blocking(move || {
+                if exclusive {
+                    file.lock()
+                } else {
+                    file.lock_shared()
+                }
+                .map(|()| file)
+            })
+            .await
+            .map_err(|e| OpsError::Internal(e.to_string()))?
+            .map_err(io_err("lock", path))
+        }
+        Err(fs::TryLockError::Error(e)) => Err(io_err("lock", path)(e)),
+    }
+}
+
 /// What a backup produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupOutcome {
@@ -313,67 +363,33 @@ impl Tierkeep {
 
     /// Takes the host's work lock, waiting for another backup of this host to finish.
     pub async fn lock(&self) -> Result<HostLock, OpsError> {
-        let dir = self.settings.data_dir.join("locks");
-        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let path = dir.join(format!("{}.lock", self.settings.host_id));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(HostLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => {
-                tracing::warn!(lock = %path.display(), "another tierkeep process is working on this host; waiting for it to finish");
-                let path2 = path.clone();
-                tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-                    .await
-                    .map_err(|e| OpsError::Internal(e.to_string()))?
-                    .map(|file| HostLock { _file: file })
-                    .map_err(io_err("lock", &path2))
-            }
-            Err(fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
-        }
+        let path = self
+            .settings
+            .data_dir
+            .join("locks")
+            .join(format!("{}.lock", self.settings.host_id));
+        let file = lock_file(&path, true, || {
+            tracing::warn!(lock = %path.display(), "another tierkeep process is working on this host; waiting for it to finish");
+        })
+        .await?;
+        Ok(HostLock { _file: file })
     }
 
     /// Takes the pin of backup `id` (see [`Pin`]): shared to read it, exclusive to remove
     /// a copy of it (waiting, with a log line, for the readers).
     pub(crate) async fn pin(&self, id: &BackupId, exclusive: bool) -> Result<Pin, OpsError> {
-        let dir = self.settings.data_dir.join("locks").join("pins");
-        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let path = dir.join(format!("{}-{id}.pin", self.settings.host_id));
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
-        let held = if exclusive {
-            file.try_lock()
-        } else {
-            file.try_lock_shared()
-        };
-        let file = match held {
-            Ok(()) => file,
-            Err(fs::TryLockError::WouldBlock) => {
-                if exclusive {
-                    tracing::warn!(%id, "waiting for a restore, export or verify of this backup to finish reading it");
-                }
-                tokio::task::spawn_blocking(move || {
-                    if exclusive {
-                        file.lock()
-                    } else {
-                        file.lock_shared()
-                    }
-                    .map(|()| file)
-                })
-                .await
-                .map_err(|e| OpsError::Internal(e.to_string()))?
-                .map_err(io_err("lock", &path))?
+        let path = self
+            .settings
+            .data_dir
+            .join("locks")
+            .join("pins")
+            .join(format!("{}-{id}.pin", self.settings.host_id));
+        let file = lock_file(&path, exclusive, || {
+            if exclusive {
+                tracing::warn!(%id, "waiting for a restore, export or verify of this backup to finish reading it");
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
-        };
+        })
+        .await?;
         Ok(Pin { file, path })
     }
 
@@ -510,15 +526,16 @@ impl Tierkeep {
         if marker.exists() {
             self.set_recovered(false);
         }
-        if !self.needs_recovery() {
-            fs::write(&marker, std::process::id().to_string()).map_err(io_err("write", &marker))?;
-            return Ok(None);
-        }
-        let report = self.recover(catalog, now).await?;
-        // A zone that could not be listed is looked at again by the next piece of work.
-        self.set_recovered(report.unreachable.is_empty());
+        let report = if self.needs_recovery() {
+            let report = self.recover(catalog, now).await?;
+            // A zone that could not be listed is looked at again by the next piece of work.
+            self.set_recovered(report.unreachable.is_empty());
+            Some(report)
+        } else {
+            None
+        };
         fs::write(&marker, std::process::id().to_string()).map_err(io_err("write", &marker))?;
-        Ok(Some(report))
+        Ok(report)
     }
 
     /// `data_dir/locks/<host>.work`: present while a backup or a lifecycle pass works
@@ -606,18 +623,13 @@ impl Tierkeep {
                     pressure = true;
                     let why = aging_failed.unwrap_or_default();
                     let text = format!(
-                        "black-box pressure: the black box is full ({} of {} backups) and its \
-                         oldest backups cannot age out ({why}); no unmoved backup is deleted, so \
-                         this backup is taken beyond max_backups ({holding} held) and aging \
-                         catches up once the deletion zone answers",
+                        "the black box is full ({} of {} backups) and its oldest backups \
+                         cannot age out ({why}); no unmoved backup is deleted, so this backup is \
+                         taken beyond max_backups ({holding} held) and aging catches up once the \
+                         deletion zone answers",
                         usage.backups, zs.capacity.max_backups
                     );
-                    tracing::error!(holding, "{text}");
-                    crate::metrics::inc(
-                        "tierkeep_black_box_pressure_events_total",
-                        &[("outcome", "over_capacity")],
-                    );
-                    catalog.note(now, "pressure", Some(zone), &text)?;
+                    note_pressure(catalog, now, &text)?;
                 }
                 BlackBoxAdmission::Refuse { reason } => {
                     let err = OpsError::NoRoom {
@@ -833,18 +845,13 @@ impl Tierkeep {
                         // The byte limit, with aging impossible: the same pressure rule as
                         // for the count (the disk reserve was checked before writing).
                         let text = format!(
-                            "black-box pressure: this backup ({}) does not fit \
-                             zones.black_box.max_bytes and the oldest backups cannot age out \
-                             ({e}); no unmoved backup is deleted, so it is kept beyond the \
-                             limit and aging catches up once the deletion zone answers",
+                            "this backup ({}) does not fit zones.black_box.max_bytes and the \
+                             oldest backups cannot age out ({e}); no unmoved backup is deleted, \
+                             so it is kept beyond the limit and aging catches up once the \
+                             deletion zone answers",
                             format_size(manifest.archive_bytes)
                         );
-                        tracing::error!("{text}");
-                        crate::metrics::inc(
-                            "tierkeep_black_box_pressure_events_total",
-                            &[("outcome", "over_capacity")],
-                        );
-                        catalog.note(now, "pressure", Some(zone), &text)?;
+                        note_pressure(catalog, now, &text)?;
                     }
                 }
             }
@@ -1165,10 +1172,9 @@ impl Tierkeep {
         }
         let black_box_pressure = {
             let bb = &zones[0];
-            let last_attempt = catalog.events(None, 200)?.into_iter().find(|e| {
-                matches!(e.kind.as_str(), "created" | "failed" | "refused")
-                    && e.zone_to.or(e.zone_from) == Some(Zone::BlackBox)
-            });
+            let last_attempt = crate::lifecycle::scheduled_attempts(&catalog)?
+                .into_iter()
+                .next();
             if bb.backups > bb.max_backups {
                 Some(format!(
                     "the black box holds {} backups, over its capacity of {}: its oldest could \
