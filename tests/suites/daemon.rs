@@ -152,6 +152,15 @@ impl Drop for Daemon {
     }
 }
 
+/// Polls `cond` until it holds; panics with `why()` after `limit`.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "{}", why());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A plain HTTP GET on 127.0.0.1: (status code, body).
 fn get(addr: &str, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics port");
@@ -359,15 +368,11 @@ fn sigterm_during_an_upload_exits_zero_and_the_next_start_finishes_the_move() {
 
     // Each part pauses 4 s once uploaded: the move cannot end within the 2 s grace.
     let mut d = Daemon::start(&host, &[("TIERKEEP_FAULTS", "s3.part_uploaded=pause:4000")]);
-    let t = Instant::now();
-    while !d.log().contains("fault injection: pausing") {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no upload started:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        || d.log().contains("fault injection: pausing"),
+        || format!("no upload started:\n{}", d.log()),
+    );
     d.signal(rustix::process::Signal::TERM);
     let (status, took) = d.wait_exit(Duration::from_secs(30));
     let log = d.log();
@@ -506,15 +511,11 @@ fn black_box_pressure_keeps_every_backup_and_is_loud() {
     let mut d = Daemon::start(&host, &[]);
     let addr = d.addr();
     // Two scheduled backups taken beyond max_backups = 1.
-    let t = Instant::now();
-    while d.created().len() < 3 {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no backups under pressure:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(120),
+        || d.created().len() >= 3,
+        || format!("no backups under pressure:\n{}", d.log()),
+    );
     assert!(d.log().contains("black-box pressure"), "{}", d.log());
     let (_, text) = get(&addr, "/metrics");
     assert_eq!(
@@ -537,21 +538,15 @@ fn black_box_pressure_keeps_every_backup_and_is_loud() {
 
     // The server comes back: aging catches up and the black box is within capacity.
     server.restart();
-    let t = Instant::now();
-    loop {
-        let c = counts(&host);
-        if c.get("black-box").copied().unwrap_or(0) <= 1
-            && c.get("deletion").copied().unwrap_or(0) >= 2
-        {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(180),
-            "aging never caught up: {c:?}\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(180),
+        || {
+            let c = counts(&host);
+            c.get("black-box").copied().unwrap_or(0) <= 1
+                && c.get("deletion").copied().unwrap_or(0) >= 2
+        },
+        || format!("aging never caught up: {:?}\n{}", counts(&host), d.log()),
+    );
     d.stop();
     // No backup made under pressure was lost.
     let listed: BTreeSet<String> = host
@@ -770,15 +765,11 @@ fn a_second_signal_stops_at_once_and_the_post_hook_still_runs() {
     ));
     fs::write(host.src().join("data.txt"), "business data\n").expect("write");
     let mut d = Daemon::start(&host, &[]);
-    let t = Instant::now();
-    while !fs::read_to_string(&log).is_ok_and(|t| t.contains("pre")) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no pre-hook:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        || fs::read_to_string(&log).is_ok_and(|t| t.contains("pre")),
+        || format!("no pre-hook:\n{}", d.log()),
+    );
     // The first signal waits for the backup (grace 60 s); the second stops it at once.
     d.signal(rustix::process::Signal::TERM);
     d.wait_for("the graceful stop", Duration::from_secs(10), |v| {
@@ -866,10 +857,11 @@ fn an_interrupted_cli_backup_still_runs_the_post_hook() {
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn backup");
     let t = Instant::now();
-    while !fs::read_to_string(&log).is_ok_and(|t| t.contains("pre")) {
-        assert!(t.elapsed() < Duration::from_secs(60), "no pre-hook");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        || fs::read_to_string(&log).is_ok_and(|t| t.contains("pre")),
+        || "no pre-hook".to_owned(),
+    );
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
     let mut err = String::new();

@@ -236,15 +236,29 @@ fn a_kill_during_an_eviction_is_finished_as_an_eviction() {
     }
 }
 
-#[test]
-fn a_black_box_byte_limit_ages_the_oldest_to_make_room() {
-    // Random data, so each archive is about 64 KiB; the black box holds two by bytes.
+/// A black box of at most 150 KiB (and 5 backups) over a source of 64 KiB of random
+/// data, so that each archive is about 64 KiB and the byte limit holds two.
+fn byte_limited_host() -> Host {
     let host = Host::new(
         "[zones.black_box]\nmax_backups = 5\nmax_bytes = \"150KiB\"\n[zones.deletion]\nmax_backups = 10\n",
     );
     let mut data = vec![0u8; 64 << 10];
     getrandom::fill(&mut data).expect("random");
     fs::write(host.src().join("f"), &data).expect("write");
+    host
+}
+
+/// Archive bytes in the black box, as `list` says.
+fn black_box_bytes(host: &Host) -> u64 {
+    host.list(Some("black-box"))
+        .iter()
+        .map(|b| b["size_bytes"].as_u64().expect("size"))
+        .sum()
+}
+
+#[test]
+fn a_black_box_byte_limit_ages_the_oldest_to_make_room() {
+    let host = byte_limited_host();
     let made: Vec<String> = (0..4)
         .map(|_| host.backup(&[])["id"].as_str().expect("id").to_owned())
         .collect();
@@ -255,23 +269,14 @@ fn a_black_box_byte_limit_ages_the_oldest_to_make_room() {
         "the newest two stay in the black box"
     );
     assert_eq!(committed(&host, "deletion"), made[..2].to_vec());
-    let bytes: u64 = host
-        .list(Some("black-box"))
-        .iter()
-        .map(|b| b["size_bytes"].as_u64().expect("size"))
-        .sum();
+    let bytes = black_box_bytes(&host);
     assert!(bytes <= 150 << 10, "{bytes} bytes in the black box");
     assert_consistent(&host);
 }
 
 #[test]
 fn a_black_box_over_its_byte_limit_keeps_the_newest_when_aging_fails() {
-    let host = Host::new(
-        "[zones.black_box]\nmax_backups = 5\nmax_bytes = \"150KiB\"\n[zones.deletion]\nmax_backups = 10\n",
-    );
-    let mut data = vec![0u8; 64 << 10];
-    getrandom::fill(&mut data).expect("random");
-    fs::write(host.src().join("f"), &data).expect("write");
+    let host = byte_limited_host();
     host.backup(&[]);
     host.backup(&[]);
     // Aging fails: the third backup is kept beyond the byte limit, loudly.
@@ -291,11 +296,7 @@ fn a_black_box_over_its_byte_limit_keeps_the_newest_when_aging_fails() {
     assert_consistent(&host);
     // Aging works again: the next pass brings the black box back within its bytes.
     host.ok(&["tick"]);
-    let bytes: u64 = host
-        .list(Some("black-box"))
-        .iter()
-        .map(|b| b["size_bytes"].as_u64().expect("size"))
-        .sum();
+    let bytes = black_box_bytes(&host);
     assert!(bytes <= 150 << 10, "{bytes} bytes in the black box");
     assert_eq!(committed(&host, "deletion").len(), 1);
     assert_consistent(&host);
