@@ -66,6 +66,7 @@ fn measure(server: &s3::S3, file: &Path, size_mib: f64, reps: usize) -> anyhow::
             force_path_style: true,
             credentials: Some((server.access_key.clone(), server.secret_key.clone())),
             lock_retention: None,
+            upload_journal: None,
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()

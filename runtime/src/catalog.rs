@@ -486,6 +486,27 @@ impl Catalog {
         })
     }
 
+    /// Records a move of a backup to the deletion zone that was tried and failed (the
+    /// backup stays in the black box).
+    pub fn note_moved_failed(
+        &mut self,
+        id: &BackupId,
+        now: OffsetDateTime,
+        reason: &str,
+    ) -> Result<(), CatalogError> {
+        event(
+            &self.conn,
+            now,
+            Some(id.as_str()),
+            "failed",
+            Some(Zone::BlackBox),
+            Some(Zone::Deletion),
+            reason,
+        )
+        .map(|_| ())
+        .map_err(|e| self.wrap(e))
+    }
+
     /// Records an event about a backup without changing its state (an intent such as
     /// `evicting`, written before the step it announces).
     pub fn note_backup(
@@ -560,6 +581,67 @@ impl Catalog {
             .query_row(&sql, [], row_to_event)
             .optional()
             .map_err(|e| self.wrap(e))
+    }
+
+    /// The newest backup attempt (a backup created, or a backup that failed or was
+    /// refused), leaving out the other `failed` events (moves, evictions).
+    pub fn last_attempt(&self) -> Result<Option<Event>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT seq, at, backup_id, kind, zone_from, zone_to, reason FROM events \
+                 WHERE kind = 'created' OR (kind IN ('failed', 'refused') AND backup_id IS NULL) \
+                 ORDER BY seq DESC LIMIT 1",
+                [],
+                row_to_event,
+            )
+            .optional()
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// The newest `unreachable` or `reachable` event of `zone`: whether the last work
+    /// that needed it found it answering.
+    pub fn last_zone_event(&self, zone: Zone) -> Result<Option<Event>, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT seq, at, backup_id, kind, zone_from, zone_to, reason FROM events \
+                 WHERE kind IN ('unreachable', 'reachable') AND zone_to = ?1 \
+                 ORDER BY seq DESC LIMIT 1",
+                params![zone.as_str()],
+                row_to_event,
+            )
+            .optional()
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// Present backups whose copy was found damaged (a `damaged` event not followed by a
+    /// `verified` one), oldest first, each with the event that marked it.
+    pub fn damaged(&self) -> Result<Vec<(Record, Event)>, CatalogError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT e.seq, e.at, e.backup_id, e.kind, e.zone_from, e.zone_to, e.reason \
+                 FROM events e JOIN backups b ON b.id = e.backup_id \
+                 WHERE b.state = 'present' AND e.kind = 'damaged' AND e.seq = \
+                   (SELECT MAX(seq) FROM events x WHERE x.backup_id = e.backup_id \
+                    AND x.kind IN ('damaged', 'verified')) \
+                 ORDER BY e.backup_id",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let events = stmt
+            .query_map([], row_to_event)
+            .map_err(|e| self.wrap(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.wrap(e))?;
+        let mut out = Vec::new();
+        for e in events {
+            let Some(id) = e.backup_id.as_deref().and_then(|i| i.parse::<BackupId>().ok()) else {
+                continue;
+            };
+            if let Some(rec) = self.get(&id)? {
+                out.push((rec, e));
+            }
+        }
+        Ok(out)
     }
 
     /// Brings the catalog in line with what the zones hold. `found` lists every committed

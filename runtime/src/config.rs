@@ -815,6 +815,7 @@ impl Settings {
                 .clone()
                 .zip(self.s3.secret_access_key.clone()),
             lock_retention: self.zone(zone).lock_retention,
+            upload_journal: Some(self.data_dir.join("staging").join("uploads")),
         }
     }
 

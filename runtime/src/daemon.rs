@@ -360,9 +360,18 @@ impl Daemon {
         let mut error: Option<String> = None;
         // Aging and eviction first, so that a backup that reached T2 ages as such rather
         // than early to make room for the new one (the lifecycle logs each move).
-        if let Err(e) = self.tk.tick(now, &Progress::hidden()).await {
-            tracing::error!("aging and eviction failed: {e}");
-            error = Some(format!("aging and eviction: {e}"));
+        match self.tk.tick(now, &Progress::hidden()).await {
+            Ok(report) if !report.damaged.is_empty() => {
+                error = Some(format!(
+                    "aging found damaged backups (left in place): {}",
+                    report.damaged.join(", ")
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("aging and eviction failed: {e}");
+                error = Some(format!("aging and eviction: {e}"));
+            }
         }
         let cached = self.state().next_backup;
         let due = match cached {
@@ -572,6 +581,27 @@ impl View {
                         .collect(),
                 ));
                 gauges.push(g(
+                    "tierkeep_zone_up",
+                    "1 when the zone answered the last work that needed it, 0 while it is \
+                     unreachable (see `tierkeep status`).",
+                    s.zones
+                        .iter()
+                        .map(|z| (zl(z.zone), f64::from(u8::from(z.reachable))))
+                        .collect(),
+                ));
+                gauges.push(g(
+                    "tierkeep_damaged_backups",
+                    "Backups whose copy does not match its manifest, by zone (never moved; \
+                     see `tierkeep status`).",
+                    Zone::ALL
+                        .iter()
+                        .map(|&zone| {
+                            let n = s.damaged.iter().filter(|d| d.zone == zone).count();
+                            (zl(zone), n as f64)
+                        })
+                        .collect(),
+                ));
+                gauges.push(g(
                     "tierkeep_black_box_pressure",
                     "1 when the black box is over capacity or its last scheduled backup was \
                      refused (see `tierkeep status`).",
@@ -634,11 +664,43 @@ impl View {
         metrics::render(&gauges)
     }
 
+    /// `/healthz`: 200 `ok`; 200 `degraded` while a zone is unreachable or the last
+    /// passes failed (the daemon works, but something needs attention); 503 while
+    /// stopping or when the catalog cannot be read.
     fn health(&self) -> (u16, String) {
         let st = self.state();
-        let code = if st.stopping { 503 } else { 200 };
+        let zones: Vec<serde_json::Value> = match self.tk.catalog() {
+            Ok(catalog) => Zone::ALL
+                .iter()
+                .map(|&zone| {
+                    serde_json::json!({
+                        "zone": zone,
+                        "health": crate::outage::recorded_health(&catalog, zone),
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                let body = serde_json::json!({
+                    "status": "failing",
+                    "error": e.to_string(),
+                    "daemon": st,
+                });
+                return (503, format!("{body}\n"));
+            }
+        };
+        let unreachable = zones
+            .iter()
+            .any(|z| z["health"]["state"] != "reachable");
+        let (code, status) = if st.stopping {
+            (503, "stopping")
+        } else if unreachable || st.failures > 0 {
+            (200, "degraded")
+        } else {
+            (200, "ok")
+        };
         let body = serde_json::json!({
-            "status": if st.stopping { "stopping" } else { "ok" },
+            "status": status,
+            "zones": zones,
             "daemon": st,
         });
         (code, format!("{body}\n"))

@@ -34,6 +34,15 @@ impl Zone {
         }
     }
 
+    /// The zone's position in [`Zone::ALL`], for zone-indexed state.
+    pub fn index(self) -> usize {
+        match self {
+            Zone::BlackBox => 0,
+            Zone::Deletion => 1,
+            Zone::Reserved => 2,
+        }
+    }
+
     /// Whether restoring from this zone reads the archive in place (the black box) or
     /// exports it to a staging area first (every other zone).
     pub fn restores_in_place(self) -> bool {
@@ -418,24 +427,42 @@ pub fn plan_room(
     incoming: u64,
     incoming_bytes: u64,
 ) -> Vec<BackupId> {
+    plan_room_around(capacity, present, &|_| false, incoming, incoming_bytes).0
+}
+
+/// Like [`plan_room`], passing over the backups `stuck` says cannot move (a damaged
+/// copy): they still take room. Returns the backups to age, oldest first, and whether
+/// that makes enough room.
+pub fn plan_room_around(
+    capacity: Capacity,
+    present: &[BackupView],
+    stuck: &dyn Fn(&BackupId) -> bool,
+    incoming: u64,
+    incoming_bytes: u64,
+) -> (Vec<BackupId>, bool) {
     let mut sorted: Vec<&BackupView> = present.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut count = sorted.len() as u64;
     let mut bytes: u64 = sorted.iter().map(|b| b.size_bytes).sum();
+    let fits = |count: u64, bytes: u64| {
+        count + incoming <= capacity.max_backups
+            && capacity
+                .max_bytes
+                .is_none_or(|max| bytes.saturating_add(incoming_bytes) <= max)
+    };
     let mut out = Vec::new();
     for b in sorted {
-        let over_count = count + incoming > capacity.max_backups;
-        let over_bytes = capacity
-            .max_bytes
-            .is_some_and(|max| bytes.saturating_add(incoming_bytes) > max);
-        if !over_count && !over_bytes {
+        if fits(count, bytes) {
             break;
+        }
+        if stuck(&b.id) {
+            continue;
         }
         out.push(b.id.clone());
         count -= 1;
         bytes -= b.size_bytes;
     }
-    out
+    (out, fits(count, bytes))
 }
 
 /// The schedule handed to every policy: T1 and T2.
@@ -808,6 +835,27 @@ mod tests {
             plan_room(cap, &zone, 1, 30),
             vec![zone[1].id.clone(), zone[0].id.clone()]
         );
+    }
+
+    #[test]
+    fn room_is_made_around_a_damaged_backup() {
+        let t = datetime!(2026-11-25 00:00 UTC);
+        let zone = vec![view(1, t, 10), view(2, t, 10), view(3, t, 10)];
+        let cap = Capacity {
+            max_backups: 3,
+            max_bytes: None,
+        };
+        let oldest = zone[0].id.clone();
+        let stuck = move |id: &BackupId| *id == oldest;
+        // The damaged oldest stays; the next oldest ages in its place.
+        assert_eq!(
+            plan_room_around(cap, &zone, &stuck, 1, 0),
+            (vec![zone[1].id.clone()], true)
+        );
+        // Nothing else can move: not enough room, and the caller says why.
+        let all = |_: &BackupId| true;
+        assert_eq!(plan_room_around(cap, &zone, &all, 1, 0), (vec![], false));
+        assert_eq!(plan_room_around(cap, &zone, &all, 0, 0), (vec![], true));
     }
 
     #[test]

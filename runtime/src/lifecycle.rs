@@ -13,7 +13,7 @@
 //!
 //! Every step passes a named fault point ([`crate::faults`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 
 use serde::Serialize;
@@ -21,10 +21,11 @@ use time::OffsetDateTime;
 
 use crate::catalog::{Catalog, Event, ReconcileReport, Record, State};
 use crate::decision::{Attempt, BuiltinRules, Decider, PolicyContext, Room, Rules, ZoneSnapshot};
-use crate::domain::{BackupView, Zone, format_duration, plan_room};
+use crate::domain::{BackupId, BackupView, Zone, format_duration, plan_room_around};
 use crate::faults;
 use crate::ops::{OpsError, Tierkeep};
 use crate::progress::Progress;
+use crate::archive::ArchiveError;
 use crate::store::{BackupKey, ListedState, StoreError};
 
 /// What recovery found and did.
@@ -54,6 +55,9 @@ pub struct TickReport {
     pub aged: Vec<String>,
     /// Backups evicted from the deletion zone.
     pub evicted: Vec<String>,
+    /// Black-box backups this pass found damaged (their copy does not match the
+    /// manifest): left in place, marked damaged, never moved; the pass went on.
+    pub damaged: Vec<String>,
 }
 
 fn views(records: &[Record]) -> Vec<BackupView> {
@@ -68,6 +72,11 @@ fn views(records: &[Record]) -> Vec<BackupView> {
         .collect()
 }
 
+/// The backups whose copy is marked damaged.
+fn damaged_ids(catalog: &Catalog) -> Result<HashSet<BackupId>, OpsError> {
+    Ok(catalog.damaged()?.into_iter().map(|(r, _)| r.id).collect())
+}
+
 /// The recent scheduled backup attempts, newest first: the `created`, `failed` and
 /// `refused` events into the black box among the last 200 events.
 pub(crate) fn scheduled_attempts(catalog: &Catalog) -> Result<Vec<Event>, OpsError> {
@@ -75,7 +84,8 @@ pub(crate) fn scheduled_attempts(catalog: &Catalog) -> Result<Vec<Event>, OpsErr
         .events(None, 200)?
         .into_iter()
         .filter(|e| {
-            matches!(e.kind.as_str(), "created" | "failed" | "refused")
+            // Backup attempts only: a failed move or eviction names its backup.
+            (e.kind == "created" || (e.backup_id.is_none() && matches!(e.kind.as_str(), "failed" | "refused")))
                 && e.zone_to.or(e.zone_from) == Some(Zone::BlackBox)
         })
         .collect())
@@ -171,17 +181,34 @@ impl Tierkeep {
         let mut listed_zones = Vec::new();
         for zone in Zone::ALL {
             let store = self.store(zone);
-            let listing = match store.list().await {
-                Ok(l) => l,
+            // An unreachable zone is left as the catalog has it: nothing in it is marked
+            // missing, and no move into it is finished now. One that is known to be down
+            // is not even asked until its next probe.
+            let listing = match self.zone_available(catalog, zone, now).await {
+                Ok(()) => store.list().await.map_err(OpsError::from),
+                Err(e) => Err(e),
+            };
+            let listing = match listing {
+                Ok(l) => {
+                    self.zone_outcome(catalog, zone, now, None);
+                    l
+                }
                 Err(e) => {
-                    // An unreachable zone is left as the catalog has it: nothing in it is
-                    // marked missing, and no move into it is finished now.
+                    self.zone_outcome(catalog, zone, now, Some(&e));
                     tracing::warn!(zone = %zone, "zone unreachable, recovery skips it: {e}");
                     report.unreachable.push(format!("{zone}: {e}"));
                     continue;
                 }
             };
             listed_zones.push(zone);
+            // Multipart uploads an interrupted or failed transfer left on the server (their
+            // abort could not reach it then): nothing of this host uploads now.
+            match store.abort_stale_uploads(&self.settings.host_id).await {
+                Ok(aborted) => report
+                    .removed_incomplete
+                    .extend(aborted.into_iter().map(|o| format!("{zone}: upload {o}"))),
+                Err(e) => tracing::warn!(%zone, "cannot abort stale multipart uploads (retried by the next recovery): {e}"),
+            }
             if let Some(staging) = store.staging_dir() {
                 crate::ops::remove_partials(
                     &staging,
@@ -274,9 +301,23 @@ impl Tierkeep {
                 rec.id, rec.zone
             )));
         }
+        self.zone_available(catalog, Zone::Deletion, now).await?;
         catalog.note_backup(&rec.id, now, "evicting", Some(Zone::Deletion), reason)?;
         faults::point("evict.after_intent")?;
-        self.remove_copy(rec, Zone::Deletion).await?;
+        let removed = self.remove_copy(rec, Zone::Deletion).await;
+        self.zone_outcome(catalog, Zone::Deletion, now, removed.as_ref().err());
+        if let Err(e) = removed {
+            // The intent stays: the next recovery completes the eviction if the delete
+            // did reach the zone.
+            catalog.note_backup(
+                &rec.id,
+                now,
+                "failed",
+                Some(Zone::Deletion),
+                &format!("eviction failed: {e}"),
+            )?;
+            return Err(e);
+        }
         faults::point("evict.after_delete")?;
         catalog.mark_removed(&rec.id, Zone::Deletion, State::Evicted, now, reason)?;
         crate::metrics::inc(
@@ -347,7 +388,25 @@ impl Tierkeep {
         progress: &Progress,
     ) -> Result<(), OpsError> {
         let started = std::time::Instant::now();
+        self.zone_available(catalog, Zone::Deletion, now).await?;
         let result = self.move_steps(catalog, rec, now, reason, progress).await;
+        if let Err(e) = &result {
+            // Every move that was tried and failed is in the audit trail, with its reason
+            // (one skipped because the zone is known to be down is not: the zone's
+            // `unreachable` event says why nothing moves).
+            let text = format!("move to the deletion zone failed: {e}");
+            if let Err(note) = catalog.note_moved_failed(&rec.id, now, &text) {
+                tracing::warn!(id = %rec.id, "cannot record the failed move: {note}");
+            }
+            if let OpsError::Damaged { reason, .. } = e {
+                catalog.note_backup(&rec.id, now, "damaged", Some(Zone::BlackBox), reason)?;
+                crate::metrics::inc(
+                    "tierkeep_damaged_found_total",
+                    &[("zone", Zone::BlackBox.as_str())],
+                );
+                tracing::error!(id = %rec.id, "{e}");
+            }
+        }
         let outcome = if result.is_ok() { "moved" } else { "failed" };
         let labels = [
             ("from", Zone::BlackBox.as_str()),
@@ -377,12 +436,12 @@ impl Tierkeep {
         let key = self.key_of(rec);
         let src = self.store(Zone::BlackBox).clone();
         let dst = self.store(Zone::Deletion).clone();
+        let local = src
+            .local_archive(&key)
+            .ok_or_else(|| OpsError::Internal("the black box must be a local zone".into()))?;
         let result: Result<(), OpsError> = async {
             dst.check().await?;
             faults::point("move.before_upload")?;
-            let local = src
-                .local_archive(&key)
-                .ok_or_else(|| OpsError::Internal("the black box must be a local zone".into()))?;
             progress.phase("aging", rec.size_bytes);
             dst.put_archive(&key, &local, progress.callback()).await?;
             faults::point("move.after_upload")?;
@@ -392,6 +451,25 @@ impl Tierkeep {
             Ok(())
         }
         .await;
+        self.zone_outcome(catalog, Zone::Deletion, now, result.as_ref().err());
+        // The uploaded copy does not match the manifest: the transfer, or the black-box
+        // copy it was read from? Only the latter makes the backup damaged.
+        let mismatch = matches!(
+            result,
+            Err(OpsError::Archive(ArchiveError::Mismatch { .. })
+                | OpsError::Store(StoreError::Remote { op: "commit", .. }))
+        );
+        let result = if mismatch
+            && let Err(local) = self.verify_copy_of(rec, &local, &Progress::hidden()).await
+        {
+            Err(OpsError::Damaged {
+                id: rec.id.to_string(),
+                zone: Zone::BlackBox,
+                reason: local.to_string(),
+            })
+        } else {
+            result
+        };
         if let Err(e) = result {
             // Not committed: drop the partial upload; the black-box copy is untouched.
             if let Err(clean) = dst.remove_incomplete(&key).await
@@ -447,7 +525,14 @@ impl Tierkeep {
     ) -> Result<(Vec<String>, Vec<String>), OpsError> {
         let present = catalog.list(Some(Zone::BlackBox))?;
         let cap = self.settings.zone(Zone::BlackBox).capacity;
-        let plan = plan_room(cap, &views(&present), incoming, incoming_bytes);
+        let damaged = damaged_ids(catalog)?;
+        let (plan, enough) = plan_room_around(
+            cap,
+            &views(&present),
+            &|id| damaged.contains(id),
+            incoming,
+            incoming_bytes,
+        );
         let mut aged = Vec::new();
         let mut evicted = Vec::new();
         for id in plan {
@@ -472,9 +557,40 @@ impl Tierkeep {
                     cap.max_backups
                 )
             };
-            self.move_to_deletion(catalog, rec, now, &reason, progress)
-                .await?;
-            aged.push(id.to_string());
+            match self.move_to_deletion(catalog, rec, now, &reason, progress).await {
+                Ok(()) => aged.push(id.to_string()),
+                // Found damaged now: it stays, and another backup ages in its place.
+                Err(OpsError::Damaged { .. }) => {
+                    return Box::pin(self.make_room_in_black_box(
+                        catalog,
+                        incoming,
+                        incoming_bytes,
+                        now,
+                        progress,
+                    ))
+                    .await
+                    .map(|(a, e)| {
+                        aged.extend(a);
+                        evicted.extend(e);
+                        (aged, evicted)
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !enough {
+            let stuck: Vec<&str> = present
+                .iter()
+                .filter(|r| damaged.contains(&r.id))
+                .map(|r| r.id.as_str())
+                .collect();
+            return Err(OpsError::Damaged {
+                id: stuck.join(", "),
+                zone: Zone::BlackBox,
+                reason: "the black box cannot make room: its other backups have aged out, and \
+                         damaged copies never move"
+                    .into(),
+            });
         }
         Ok((aged, evicted))
     }
@@ -508,6 +624,7 @@ impl Tierkeep {
             ..TickReport::default()
         };
         let bb = catalog.list(Some(Zone::BlackBox))?;
+        let damaged = damaged_ids(catalog)?;
         let schedule = self.settings.schedule;
         let ctx = self.policy_context(catalog, now)?;
         let rules = self.policy.rules();
@@ -518,6 +635,10 @@ impl Tierkeep {
             let Some(rec) = bb.iter().find(|r| r.id == id) else {
                 continue;
             };
+            if damaged.contains(&id) {
+                tracing::debug!(%id, "not aged: its black-box copy is damaged");
+                continue;
+            }
             report.evicted.extend(
                 self.make_room_in_deletion(catalog, 1, rec.size_bytes, now)
                     .await?,
@@ -532,17 +653,28 @@ impl Tierkeep {
                 ),
                 format_duration(schedule.aging)
             );
-            self.move_to_deletion(catalog, rec, now, &reason, progress)
-                .await?;
-            report.aged.push(id.to_string());
+            match self.move_to_deletion(catalog, rec, now, &reason, progress).await {
+                Ok(()) => report.aged.push(id.to_string()),
+                // One bad backup never blocks the rest: it stays (marked damaged) and the
+                // next one moves.
+                Err(OpsError::Damaged { .. }) => report.damaged.push(id.to_string()),
+                Err(e) => return Err(e),
+            }
         }
         // A black box over its capacity (taken beyond it under pressure) is brought back
         // within it, oldest first, as soon as aging works again.
-        let (aged, evicted) = self
-            .make_room_in_black_box(catalog, 0, 0, now, progress)
-            .await?;
-        report.aged.extend(aged);
-        report.evicted.extend(evicted);
+        match self.make_room_in_black_box(catalog, 0, 0, now, progress).await {
+            Ok((aged, evicted)) => {
+                report.aged.extend(aged);
+                report.evicted.extend(evicted);
+            }
+            // Over capacity with only damaged backups left to move: shown in `status`.
+            Err(OpsError::Damaged { id, .. }) if report.damaged.is_empty() => {
+                tracing::warn!(ids = %id, "the black box stays over its capacity: damaged backups never move");
+            }
+            Err(OpsError::Damaged { .. }) => {}
+            Err(e) => return Err(e),
+        }
         report
             .evicted
             .extend(self.make_room_in_deletion(catalog, 0, 0, now).await?);

@@ -1,8 +1,8 @@
 //! Prometheus metrics: a process-wide registry of counters and histograms that the
 //! operations feed as they work, rendered in the Prometheus text format (0.0.4) together
-//! with gauges read from the catalog at scrape time (zone usage and capacity, last
-//! success, next backup, black-box pressure), and the small HTTP server of the daemon
-//! that serves them on `/metrics`, with `/healthz` beside it.
+//! with gauges read from the catalog at scrape time (zone usage, capacity and
+//! reachability, damaged backups, last success, next backup, black-box pressure). The
+//! daemon ([`crate::daemon`]) serves them on `/metrics`.
 //!
 //! Zone gauges come from the catalog, the same source `tierkeep status` and `list` read,
 //! so the three always agree.
@@ -81,6 +81,11 @@ const METRICS: &[(&str, &str, &str)] = &[
         "tierkeep_daemon_passes_total",
         "counter",
         "Daemon work passes, by outcome (ok, failed).",
+    ),
+    (
+        "tierkeep_damaged_found_total",
+        "counter",
+        "Backup copies found damaged (not matching their manifest), by zone.",
     ),
 ];
 

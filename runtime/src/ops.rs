@@ -76,6 +76,36 @@ pub enum OpsError {
     /// A source consistency hook failed; the backup was not taken.
     #[error("backup aborted, nothing was written: {0}")]
     Hook(#[from] crate::hooks::HookError),
+    /// A zone does not answer: work that needs it is skipped until a cheap probe finds
+    /// it answering again (see [`crate::health`]).
+    #[error(
+        "the {zone} zone ({url}) is unreachable since {since}: {error}; work that needs it \
+         is skipped until a probe finds it answering again"
+    )]
+    ZoneUnreachable {
+        /// The zone.
+        zone: Zone,
+        /// Its URL.
+        url: String,
+        /// When it stopped answering (RFC 3339).
+        since: String,
+        /// The last error it gave.
+        error: String,
+    },
+    /// A backup's copy does not match its manifest: it is left where it is.
+    #[error(
+        "backup {id}: its {zone} copy is damaged ({reason}); it stays where it is and is not \
+         moved: check it with `tierkeep verify {id}`, and delete it with `tierkeep delete {id} \
+         --yes` once another good backup exists"
+    )]
+    Damaged {
+        /// The backup.
+        id: String,
+        /// The zone of the damaged copy.
+        zone: Zone,
+        /// What the check found.
+        reason: String,
+    },
     /// Writing the backup could fill the black box's disk; nothing was written.
     #[error("refused: {reason}; nothing was written. {advice}")]
     NoRoom {
@@ -106,6 +136,21 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
         what,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// How the black box gets back within capacity after aging failed with `e`: the words
+/// of a pressure message, naming the real cause.
+fn catch_up(e: &OpsError) -> String {
+    match e {
+        OpsError::ZoneUnreachable { zone, .. } => {
+            format!("aging catches up once the {zone} zone answers")
+        }
+        OpsError::Damaged { id, .. } => format!(
+            "damaged backups never move: check them and remove them with `tierkeep delete ID \
+             --yes` ({id})"
+        ),
+        _ => "aging is tried again by every pass (`tierkeep tick`, or the daemon)".into(),
     }
 }
 
@@ -219,6 +264,28 @@ pub struct ZoneStatus {
     pub max_bytes: Option<u64>,
     /// Newest backup in the zone.
     pub newest: Option<String>,
+    /// Whether the zone answered the last work that needed it (false while it is
+    /// unreachable: work that needs it is skipped until a probe finds it answering).
+    pub reachable: bool,
+    /// Since when it has not answered, while it is unreachable.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub unreachable_since: Option<OffsetDateTime>,
+    /// The error it gave when it stopped answering.
+    pub last_error: Option<String>,
+}
+
+/// A backup whose copy was found damaged, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedBackup {
+    /// The backup.
+    pub id: String,
+    /// The zone holding the damaged copy.
+    pub zone: Zone,
+    /// When it was found damaged.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// What the check found.
+    pub reason: String,
 }
 
 /// The answer of `status`.
@@ -242,6 +309,8 @@ pub struct Status {
     pub black_box_pressure: Option<String>,
     /// The pid of the daemon (`tierkeep run`) running for this host, if one is.
     pub daemon_pid: Option<u32>,
+    /// Backups whose copy does not match its manifest (never moved; restore another).
+    pub damaged: Vec<DamagedBackup>,
     /// The catalog file.
     pub catalog: PathBuf,
 }
@@ -286,6 +355,9 @@ pub struct Tierkeep {
     /// The environment of a backup whose pre-hook has run and whose post-hook has not
     /// yet: what [`Tierkeep::release_hooks`] needs if the backup is dropped midway.
     open_hook: std::sync::Mutex<Option<Vec<(&'static str, String)>>>,
+    /// Whether each zone answers (the circuit breaker of [`crate::health`]); read from the
+    /// audit trail by the first work that needs it.
+    pub(crate) health: std::sync::Mutex<Option<[crate::health::ZoneHealth; 3]>>,
 }
 
 impl Tierkeep {
@@ -317,16 +389,13 @@ impl Tierkeep {
             policy,
             recovered: std::sync::atomic::AtomicBool::new(false),
             open_hook: std::sync::Mutex::new(None),
+            health: std::sync::Mutex::new(None),
         })
     }
 
     /// The store of a zone.
     pub fn store(&self, zone: Zone) -> &Arc<dyn ZoneStore> {
-        &self.stores[match zone {
-            Zone::BlackBox => 0,
-            Zone::Deletion => 1,
-            Zone::Reserved => 2,
-        }]
+        &self.stores[zone.index()]
     }
 
     /// Opens the catalog.
@@ -596,13 +665,12 @@ impl Tierkeep {
         self.recover_if_needed(catalog, now).await?;
         let mut pressure = false;
         if kind == BackupKind::Scheduled {
-            let aging_failed = match self
+            let aging_error = self
                 .make_room_in_black_box(catalog, 1, 0, now, progress)
                 .await
-            {
-                Ok(_) => None,
-                Err(e) => Some(e.to_string()),
-            };
+                .err();
+            let aging_failed = aging_error.as_ref().map(ToString::to_string);
+            let catches_up = aging_error.as_ref().map(catch_up).unwrap_or_default();
             let usage = catalog.usage(zone)?;
             // About as large as the newest backup of this host.
             let estimate = catalog
@@ -625,8 +693,7 @@ impl Tierkeep {
                     let text = format!(
                         "the black box is full ({} of {} backups) and its oldest backups \
                          cannot age out ({why}); no unmoved backup is deleted, so this backup is \
-                         taken beyond max_backups ({holding} held) and aging catches up once the \
-                         deletion zone answers",
+                         taken beyond max_backups ({holding} held); {catches_up}",
                         usage.backups, zs.capacity.max_backups
                     );
                     note_pressure(catalog, now, &text)?;
@@ -636,8 +703,8 @@ impl Tierkeep {
                         reason,
                         advice: match &aging_failed {
                             Some(e) => format!(
-                                "The oldest backups could not age out ({e}): bring the deletion \
-                                 zone back, or free space on the black box's disk"
+                                "The oldest backups could not age out ({e}); {catches_up}. Or \
+                                 free space on the black box's disk"
                             ),
                             None => "Free space on the black box's disk, or lower \
                                      zones.black_box.min_free"
@@ -670,7 +737,12 @@ impl Tierkeep {
             return Err(err);
         }
         let store = self.store(zone).clone();
-        store.check().await?;
+        let checked = match self.zone_available(catalog, zone, now).await {
+            Ok(()) => store.check().await.map_err(OpsError::from),
+            Err(e) => Err(e),
+        };
+        self.zone_outcome(catalog, zone, now, checked.as_ref().err());
+        checked?;
 
         let mut random = [0u8; 8];
         getrandom::fill(&mut random).map_err(|e| OpsError::Internal(e.to_string()))?;
@@ -701,6 +773,7 @@ impl Tierkeep {
             )
             .await;
         progress.finish();
+        self.zone_outcome(catalog, zone, now, result.as_ref().err());
         match result {
             Ok(manifest) => {
                 catalog.insert_created(&manifest, zone, now, &format!("{kind} backup"))?;
@@ -847,9 +920,9 @@ impl Tierkeep {
                         let text = format!(
                             "this backup ({}) does not fit zones.black_box.max_bytes and the \
                              oldest backups cannot age out ({e}); no unmoved backup is deleted, \
-                             so it is kept beyond the limit and aging catches up once the \
-                             deletion zone answers",
-                            format_size(manifest.archive_bytes)
+                             so it is kept beyond the limit; {}",
+                            format_size(manifest.archive_bytes),
+                            catch_up(&e)
                         );
                         note_pressure(catalog, now, &text)?;
                     }
@@ -1039,6 +1112,7 @@ impl Tierkeep {
         &self,
         id: Option<&str>,
         deep: bool,
+        now: OffsetDateTime,
         progress: &Progress,
     ) -> Result<Vec<VerifyResult>, OpsError> {
         let records = {
@@ -1063,6 +1137,9 @@ impl Tierkeep {
             if let Err(e) = &outcome {
                 tracing::error!(id = %rec.id, zone = %rec.zone, "verification failed: {e}");
             }
+            if let Err(e) = self.note_verified(&rec, now, outcome.as_ref().err()) {
+                tracing::warn!(id = %rec.id, "cannot record the verification: {e}");
+            }
             out.push(VerifyResult {
                 id: rec.id.to_string(),
                 zone: rec.zone,
@@ -1072,6 +1149,40 @@ impl Tierkeep {
         }
         progress.finish();
         Ok(out)
+    }
+
+    /// Records what a verification of `rec` found: a copy that does not match its
+    /// manifest (or does not restore) is marked `damaged`; a damaged one that verifies
+    /// again is `verified`. Errors of reaching the copy say nothing about it.
+    fn note_verified(
+        &self,
+        rec: &Record,
+        now: OffsetDateTime,
+        error: Option<&OpsError>,
+    ) -> Result<(), OpsError> {
+        let mut catalog = self.catalog()?;
+        let was_damaged = catalog.damaged()?.iter().any(|(r, _)| r.id == rec.id);
+        match error {
+            Some(OpsError::Archive(
+                e @ (ArchiveError::Mismatch { .. }
+                | ArchiveError::Stream { .. }
+                | ArchiveError::Hostile { .. }),
+            )) if !was_damaged => {
+                catalog.note_backup(&rec.id, now, "damaged", Some(rec.zone), &e.to_string())?;
+                crate::metrics::inc("tierkeep_damaged_found_total", &[("zone", rec.zone.as_str())]);
+            }
+            None if was_damaged => {
+                catalog.note_backup(
+                    &rec.id,
+                    now,
+                    "verified",
+                    Some(rec.zone),
+                    "verified again: the copy matches its manifest",
+                )?;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     async fn verify_one(
@@ -1160,6 +1271,13 @@ impl Tierkeep {
                 max_backups,
                 max_bytes,
             } = zs.capacity;
+            let (reachable, unreachable_since, last_error) =
+                match crate::outage::recorded_health(&catalog, zone) {
+                    crate::health::ZoneHealth::Reachable => (true, None, None),
+                    crate::health::ZoneHealth::Unreachable {
+                        since, last_error, ..
+                    } => (false, Some(since), Some(last_error)),
+                };
             zones.push(ZoneStatus {
                 zone,
                 url: zs.url.clone(),
@@ -1168,17 +1286,50 @@ impl Tierkeep {
                 max_backups,
                 max_bytes,
                 newest: catalog.list(Some(zone))?.first().map(|r| r.id.to_string()),
+                reachable,
+                unreachable_since,
+                last_error,
             });
         }
+        let damaged: Vec<DamagedBackup> = catalog
+            .damaged()?
+            .into_iter()
+            .map(|(r, e)| DamagedBackup {
+                id: r.id.to_string(),
+                zone: r.zone,
+                since: e.at,
+                reason: e.reason,
+            })
+            .collect();
         let black_box_pressure = {
             let bb = &zones[0];
             let last_attempt = crate::lifecycle::scheduled_attempts(&catalog)?
                 .into_iter()
                 .next();
             if bb.backups > bb.max_backups {
+                let stuck: Vec<&str> = damaged
+                    .iter()
+                    .filter(|d| d.zone == Zone::BlackBox)
+                    .map(|d| d.id.as_str())
+                    .collect();
+                let why = if !zones[1].reachable {
+                    format!(
+                        "the deletion zone is unreachable since {}",
+                        zones[1]
+                            .unreachable_since
+                            .map(crate::domain::rfc3339)
+                            .unwrap_or_default()
+                    )
+                } else if !stuck.is_empty() {
+                    format!(
+                        "damaged backups never move ({}), and the others could not make room",
+                        stuck.join(", ")
+                    )
+                } else {
+                    "aging failed (see `tierkeep catalog history`)".to_owned()
+                };
                 Some(format!(
-                    "the black box holds {} backups, over its capacity of {}: its oldest could \
-                     not age into the deletion zone (see `tierkeep catalog history`)",
+                    "the black box holds {} backups, over its capacity of {}: {why}",
                     bb.backups, bb.max_backups
                 ))
             } else {
@@ -1193,7 +1344,8 @@ impl Tierkeep {
             host_id: self.settings.host_id.clone(),
             zones,
             next_backup: self.next_backup_due(&catalog, now)?,
-            last_result: catalog.last_event(&["created", "failed", "refused"])?,
+            last_result: catalog.last_attempt()?,
+            damaged,
             policy: self.policy.status().describe(),
             policy_error: self.policy.status().error,
             catalog: catalog.path().to_path_buf(),

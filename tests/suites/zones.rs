@@ -301,3 +301,105 @@ fn a_black_box_over_its_byte_limit_keeps_the_newest_when_aging_fails() {
     assert_eq!(committed(&host, "deletion").len(), 1);
     assert_consistent(&host);
 }
+
+/// Flips one byte in the middle of a file.
+fn flip_byte(path: &std::path::Path) {
+    let mut bytes = fs::read(path).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    fs::write(path, bytes).expect("write");
+}
+
+#[test]
+fn one_damaged_backup_never_blocks_aging_of_the_rest() {
+    let host = Host::new(
+        "[schedule]\ninterval = \"1s\"\naging = \"2s\"\n[zones.black_box]\nmax_backups = 3\n",
+    );
+    make_tree(&host.src());
+    let id = |v: &serde_json::Value| v["id"].as_str().expect("id").to_owned();
+    let a = id(&host.backup(&[]));
+    let b = id(&host.backup(&[]));
+    let c = id(&host.backup(&[]));
+    flip_byte(&host.zone_dir("black-box", &a).join("archive.tar.zst"));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+
+    // The oldest is damaged: the pass says so (exit 1) and the healthy ones still move.
+    let out = host.cmd(&["tick", "--json"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["damaged"], serde_json::json!([a]), "{report}");
+    assert_eq!(report["aged"], serde_json::json!([b, c]), "{report}");
+    assert_eq!(committed(&host, "black-box"), vec![a.clone()]);
+    assert_eq!(committed(&host, "deletion"), vec![b.clone(), c.clone()]);
+    assert_consistent(&host);
+    // Nothing of the damaged copy was committed in the deletion zone.
+    assert!(!host.zone_dir("deletion", &a).exists());
+
+    // The audit trail has the failed move with its reason, and the damage.
+    let trail = host.ok(&["catalog", "history", &a]);
+    assert!(
+        trail.contains("failed") && trail.contains("move to the deletion zone failed"),
+        "{trail}"
+    );
+    assert!(trail.contains("damaged"), "{trail}");
+    // `list`, `list --json` and `status` mark it.
+    let listed = host.list(Some("black-box"));
+    assert!(listed[0]["damaged"].is_string(), "{listed:?}");
+    assert!(host.ok(&["list"]).contains("DAMAGED"));
+    let status: serde_json::Value =
+        serde_json::from_str(&host.ok(&["status", "--json"])).expect("status");
+    assert_eq!(status["damaged"][0]["id"], serde_json::json!(a), "{status}");
+    assert_eq!(status["damaged"][0]["zone"], "black-box", "{status}");
+    assert!(host.ok(&["status"]).contains("DAMAGED"));
+
+    // Later passes skip it without trying again, and succeed.
+    let out = host.ok(&["tick", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["damaged"], serde_json::json!([]), "{report}");
+    let failures = |trail: &str| trail.matches("move to the deletion zone failed").count();
+    assert_eq!(failures(&host.ok(&["catalog", "history", &a])), 1);
+
+    // A full black box whose oldest is damaged ages the next oldest instead, and a black
+    // box holding only damaged backups names that cause, not the deletion zone.
+    let d = id(&host.backup(&[]));
+    let e = id(&host.backup(&[]));
+    let f = id(&host.backup(&[])); // full: a (damaged), d, e; d ages early
+    assert_eq!(committed(&host, "black-box"), vec![a.clone(), e, f]);
+    assert!(committed(&host, "deletion").contains(&d));
+    let status = host.ok(&["status"]);
+    assert!(!status.contains("BLACK-BOX PRESSURE"), "{status}");
+
+    // `verify` finds it damaged too; the deletion copies verify.
+    let out = host.cmd(&["verify", "--all"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains(&a), "{text}");
+}
+
+#[test]
+fn pressure_from_a_damaged_backup_names_the_damage() {
+    let host = Host::new("[zones.black_box]\nmax_backups = 1\n");
+    make_tree(&host.src());
+    let a = host.backup(&[]);
+    let a = a["id"].as_str().expect("id").to_owned();
+    flip_byte(&host.zone_dir("black-box", &a).join("archive.tar.zst"));
+    // The full black box's only backup cannot age: the new one is still taken (no
+    // unmoved backup is deleted), and the message names the damage as the cause.
+    let out = host.cmd(&["backup"]).output().expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let history = host.ok(&["catalog", "history"]);
+    let pressure = history
+        .lines()
+        .find(|l| l.contains("pressure"))
+        .unwrap_or_else(|| panic!("no pressure event:\n{history}"));
+    assert!(
+        pressure.contains("damaged") && !pressure.contains("answers"),
+        "{pressure}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&host.ok(&["status", "--json"])).expect("status");
+    let p = status["black_box_pressure"].as_str().expect("pressure");
+    assert!(p.contains("damaged") && p.contains(&a), "{p}");
+    assert_eq!(status["zones"][1]["reachable"], true, "{status}");
+}

@@ -31,11 +31,19 @@ struct Row {
     host_id: String,
     logical_bytes: u64,
     entries: u64,
+    /// Why the copy is marked damaged, if it is.
+    damaged: Option<String>,
 }
 
 pub async fn run(g: &Global, a: ListArgs) -> Result<ExitCode> {
     let tk = g.open(false)?;
-    let records = tk.catalog()?.list(a.zone)?;
+    let catalog = tk.catalog()?;
+    let records = catalog.list(a.zone)?;
+    let damaged: std::collections::HashMap<String, String> = catalog
+        .damaged()?
+        .into_iter()
+        .map(|(r, e)| (r.id.to_string(), e.reason))
+        .collect();
     if a.json {
         let rows: Vec<Row> = records
             .into_iter()
@@ -50,6 +58,7 @@ pub async fn run(g: &Global, a: ListArgs) -> Result<ExitCode> {
                 host_id: r.host_id,
                 logical_bytes: r.logical_bytes,
                 entries: r.entries,
+                damaged: damaged.get(r.id.as_str()).cloned(),
             })
             .collect();
         print_json(&rows)?;
@@ -69,14 +78,25 @@ pub async fn run(g: &Global, a: ListArgs) -> Result<ExitCode> {
         "ID", "ZONE", "KIND", "CREATED", "SIZE"
     );
     for r in records {
+        let mark = if damaged.contains_key(r.id.as_str()) {
+            "DAMAGED "
+        } else {
+            ""
+        };
         println!(
-            "{:<34} {:<9} {:<9} {:<20} {:>10}  {}",
+            "{:<34} {:<9} {:<9} {:<20} {:>10}  {mark}{}",
             r.id.as_str(),
             r.zone.as_str(),
             r.kind.as_str(),
             rfc3339(r.created_at).chars().take(19).collect::<String>(),
             format_size(r.size_bytes),
             r.label.unwrap_or_default()
+        );
+    }
+    if !damaged.is_empty() {
+        println!(
+            "{} damaged backup(s): their copy does not match the manifest; see `tierkeep status`",
+            damaged.len()
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -27,6 +27,13 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
     println!("policy    {}", s.policy);
     for z in &s.zones {
         println!("{:<9} {}  {}", z.zone.as_str(), usage_line(z), z.url);
+        if !z.reachable {
+            println!(
+                "          UNREACHABLE since {}: {}",
+                z.unreachable_since.map(rfc3339).unwrap_or_default(),
+                z.last_error.as_deref().unwrap_or("")
+            );
+        }
     }
     match s.daemon_pid {
         Some(pid) => println!("daemon    running (pid {pid})"),
@@ -48,6 +55,17 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
     }
     if let Some(p) = &s.black_box_pressure {
         println!("BLACK-BOX PRESSURE: {p}");
+    }
+    for d in &s.damaged {
+        println!(
+            "DAMAGED: {} in the {} zone, found {}: {} (it is never moved; restore another \
+             backup, and delete it with `tierkeep delete {} --yes` once you have checked it)",
+            d.id,
+            d.zone,
+            rfc3339(d.since),
+            d.reason,
+            d.id
+        );
     }
     if let Some(e) = &s.policy_error {
         println!("POLICY ERROR: {e}");

@@ -18,9 +18,16 @@ pub async fn run(g: &Global, a: TickArgs) -> Result<ExitCode> {
     let tk = g.open(false)?;
     let progress = g.progress(a.json);
     let report = tk.tick(now(), &progress).await?;
+    // A pass that found a damaged backup did the rest of its work, and fails so that
+    // whoever runs it (cron) hears of it; later passes skip that backup.
+    let code = if report.damaged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
     if a.json {
         print_json(&report)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     let r = &report.recovery;
     for id in &r.finished_moves {
@@ -38,8 +45,14 @@ pub async fn run(g: &Global, a: TickArgs) -> Result<ExitCode> {
     for id in &report.evicted {
         println!("evicted: {id} (deletion zone full)");
     }
-    if report.aged.is_empty() && report.evicted.is_empty() {
+    for id in &report.damaged {
+        eprintln!(
+            "error: {id}: its black-box copy is damaged (it does not match its manifest): not \
+             moved, marked damaged (see `tierkeep status`); the other backups aged as usual"
+        );
+    }
+    if report.aged.is_empty() && report.evicted.is_empty() && report.damaged.is_empty() {
         println!("nothing to age or evict");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::{Global, print_json};
+use super::{Global, now, print_json};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -26,7 +26,7 @@ pub struct VerifyArgs {
 pub async fn run(g: &Global, a: VerifyArgs) -> Result<ExitCode> {
     let tk = g.open(false)?;
     let progress = g.progress(a.json);
-    let results = tk.verify(a.id.as_deref(), a.deep, &progress).await?;
+    let results = tk.verify(a.id.as_deref(), a.deep, now(), &progress).await?;
     let failed = results.iter().filter(|r| !r.ok).count();
     if a.json {
         print_json(&results)?;

@@ -1,5 +1,5 @@
 //! Zone stores: one async trait for every place a zone can live, with a local-directory
-//! implementation here (the S3 one lives beside it when it lands).
+//! implementation in [`local`] and an S3 one in [`s3`].
 //!
 //! Layout inside a zone: `<host-id>/<backup-id>/archive.tar.zst` and
 //! `<host-id>/<backup-id>/manifest.json`. The manifest is written last and is the commit
@@ -209,6 +209,13 @@ pub trait ZoneStore: Send + Sync + fmt::Debug {
 
     /// Removes an incomplete backup folder (an archive without a manifest, temp files).
     async fn remove_incomplete(&self, key: &BackupKey) -> Result<(), StoreError>;
+
+    /// Aborts every unfinished multipart upload of `host` (call only while nothing of
+    /// that host uploads: under its lock, in recovery). Returns the objects concerned.
+    /// Zones without multipart uploads have nothing to do.
+    async fn abort_stale_uploads(&self, _host: &str) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Opens the store for a zone URL: `file:///path`, a plain path, or

@@ -4,8 +4,9 @@
 //! manifest is uploaded last and is the commit marker. Archives of 16 MiB and more go up
 //! as multipart uploads with several parts in flight, read straight from the file (a
 //! backup never sits whole in memory); downloads of large archives use parallel ranged
-//! GETs written at their offsets. The SDK retries temporary faults with backoff; errors
-//! say which bucket and what to do.
+//! GETs written at their offsets. The SDK retries temporary faults a few times with a
+//! short backoff (bounded, so that a server that is down costs seconds, not minutes);
+//! [`ZoneStore::check`] is a single quick probe. Errors say which bucket and what to do.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -40,6 +41,12 @@ const MULTIPART_THRESHOLD: u64 = 16 << 20;
 const PART_SIZE: u64 = 16 << 20;
 /// Parts or ranges in flight at once.
 const CONCURRENCY: usize = 4;
+/// Time to open a connection to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time a request may wait for the next bytes of an answer.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of a probe ([`ZoneStore::check`]), connection included.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to reach the S3 server.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +63,18 @@ pub struct S3Settings {
     pub credentials: Option<(String, String)>,
     /// Object Lock retention for new manual backups, where the bucket supports it.
     pub lock_retention: Option<Duration>,
+    /// A local directory where each multipart upload in flight is noted (bucket, object,
+    /// upload id) until it completes or is aborted, so that an upload a crash or an
+    /// outage left behind is aborted later even on servers that cannot list uploads.
+    pub upload_journal: Option<PathBuf>,
+}
+
+/// One multipart upload in flight, as noted in the upload journal.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct JournalEntry {
+    bucket: String,
+    object: String,
+    upload_id: String,
 }
 
 /// The standard AWS credential chain, built on first use (building it is async, opening a
@@ -108,7 +127,11 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     client: Client,
+    /// The same client without retries and with a short deadline, for
+    /// [`ZoneStore::check`] (the probe of a zone that may be down).
+    probe: Client,
     lock_retention: Option<Duration>,
+    upload_journal: Option<PathBuf>,
 }
 
 impl S3Store {
@@ -170,22 +193,43 @@ impl S3Store {
             .response_checksum_validation(
                 aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
             )
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(5))
+            // Bounded: a server that is down costs about a second of retries, and one
+            // that stalls a transfer is given up after READ_TIMEOUT without a byte.
+            .retry_config(
+                aws_sdk_s3::config::retry::RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(2)),
+            )
             .timeout_config(
                 aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
                     .build(),
             );
         if let Some(ep) = &settings.endpoint {
             conf = conf.endpoint_url(ep);
         }
+        let conf = conf.build();
+        // The probe of a zone that did not answer: one attempt, a few seconds at most.
+        let probe = conf
+            .to_builder()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_timeout(PROBE_TIMEOUT)
+                    .build(),
+            )
+            .build();
         Ok(S3Store {
             url: url.to_owned(),
             bucket: bucket.to_owned(),
             prefix,
-            client: Client::from_conf(conf.build()),
+            client: Client::from_conf(conf),
+            probe: Client::from_conf(probe),
             lock_retention: settings.lock_retention,
+            upload_journal: settings.upload_journal.clone(),
         })
     }
 
@@ -328,6 +372,79 @@ impl S3Store {
         Ok(keys)
     }
 
+    /// The journal file of an upload.
+    fn journal_file(&self, upload_id: &str) -> Option<PathBuf> {
+        let dir = self.upload_journal.as_ref()?;
+        let name: String = upload_id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(120)
+            .collect();
+        Some(dir.join(format!("{}-{name}.upload", self.bucket)))
+    }
+
+    /// Notes an upload in flight (best effort: a failure only costs the later abort).
+    fn journal_start(&self, object: &str, upload_id: &str) {
+        let Some(path) = self.journal_file(upload_id) else {
+            return;
+        };
+        let entry = JournalEntry {
+            bucket: self.bucket.clone(),
+            object: object.to_owned(),
+            upload_id: upload_id.to_owned(),
+        };
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, serde_json::to_vec(&entry).unwrap_or_default()));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), "cannot note the multipart upload: {e}");
+        }
+    }
+
+    /// Forgets an upload that completed or was aborted.
+    fn journal_end(&self, upload_id: &str) {
+        if let Some(path) = self.journal_file(upload_id) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Uploads of this bucket noted in the journal, with their files.
+    fn journal_entries(&self) -> Vec<(PathBuf, JournalEntry)> {
+        let Some(dir) = &self.upload_journal else {
+            return Vec::new();
+        };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let path = e.path();
+                let entry: JournalEntry = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+                (entry.bucket == self.bucket).then_some((path, entry))
+            })
+            .collect()
+    }
+
+    async fn abort(&self, object: &str, upload_id: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            // Already gone (completed, aborted, or expired by the server).
+            Err(e) if e.code() == Some("NoSuchUpload") || is_404(&e) => {}
+            Err(e) => return Err(self.err("abort upload", object, e)),
+        }
+        self.journal_end(upload_id);
+        Ok(())
+    }
+
     /// Multipart uploads under `prefix` that were never completed: (key, upload id).
     async fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
         let out = match self
@@ -385,17 +502,22 @@ impl S3Store {
         }
     }
 
+    /// Every upload in flight under `prefix`: those the server lists, and those the
+    /// journal noted (servers that cannot list uploads), without repeats.
+    async fn uploads_under(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut all = self.list_uploads(prefix).await?;
+        for (_, e) in self.journal_entries() {
+            if e.object.starts_with(prefix) && !all.iter().any(|(_, u)| *u == e.upload_id) {
+                all.push((e.object, e.upload_id));
+            }
+        }
+        Ok(all)
+    }
+
     async fn abort_uploads(&self, key: &BackupKey) -> Result<(), StoreError> {
         let prefix = self.object(key, "");
-        for (object, upload) in self.list_uploads(&prefix).await? {
-            self.client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&object)
-                .upload_id(&upload)
-                .send()
-                .await
-                .map_err(|e| self.err("abort upload", &object, e))?;
+        for (object, upload) in self.uploads_under(&prefix).await? {
+            self.abort(&object, &upload).await?;
         }
         Ok(())
     }
@@ -416,6 +538,7 @@ impl S3Store {
             .await
             .map_err(|e| self.err("start upload", object, e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        self.journal_start(object, &upload_id);
         let part_size = PART_SIZE.max(size.div_ceil(9_000));
         let parts = size.div_ceil(part_size);
         let limit = Arc::new(Semaphore::new(CONCURRENCY));
@@ -485,14 +608,14 @@ impl S3Store {
             }
         }
         if let Some(e) = failure {
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(object)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+            if let Err(abort) = self.abort(object, &upload_id).await {
+                tracing::warn!(
+                    zone = %self.url,
+                    object,
+                    "could not abort the failed multipart upload ({abort}); the next \
+                     recovery aborts it"
+                );
+            }
             return Err(e);
         }
         done.sort_by_key(|p| p.part_number());
@@ -509,6 +632,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.err("complete upload", object, e))?;
+        self.journal_end(&upload_id);
         Ok(())
     }
 
@@ -660,7 +784,7 @@ impl ZoneStore for S3Store {
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        self.client
+        self.probe
             .head_bucket()
             .bucket(&self.bucket)
             .send()
@@ -863,6 +987,17 @@ impl ZoneStore for S3Store {
         self.delete_object(&self.object(key, MANIFEST_NAME)).await?;
         self.delete_object(&self.object(key, ARCHIVE_NAME)).await?;
         self.abort_uploads(key).await
+    }
+
+    async fn abort_stale_uploads(&self, host: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("{}{host}/", self.prefix);
+        let mut aborted = Vec::new();
+        for (object, upload) in self.uploads_under(&prefix).await? {
+            self.abort(&object, &upload).await?;
+            tracing::info!(zone = %self.url, %object, "aborted a stale multipart upload");
+            aborted.push(object);
+        }
+        Ok(aborted)
     }
 
     async fn remove_incomplete(&self, key: &BackupKey) -> Result<(), StoreError> {
