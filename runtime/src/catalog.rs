@@ -634,7 +634,11 @@ impl Catalog {
             .map_err(|e| self.wrap(e))?;
         let mut out = Vec::new();
         for e in events {
-            let Some(id) = e.backup_id.as_deref().and_then(|i| i.parse::<BackupId>().ok()) else {
+            let Some(id) = e
+                .backup_id
+                .as_deref()
+                .and_then(|i| i.parse::<BackupId>().ok())
+            else {
                 continue;
             };
             if let Some(rec) = self.get(&id)? {

@@ -688,9 +688,7 @@ impl View {
                 return (503, format!("{body}\n"));
             }
         };
-        let unreachable = zones
-            .iter()
-            .any(|z| z["health"]["state"] != "reachable");
+        let unreachable = zones.iter().any(|z| z["health"]["state"] != "reachable");
         let (code, status) = if st.stopping {
             (503, "stopping")
         } else if unreachable || st.failures > 0 {

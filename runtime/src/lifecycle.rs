@@ -19,13 +19,13 @@ use std::fs;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::archive::ArchiveError;
 use crate::catalog::{Catalog, Event, ReconcileReport, Record, State};
 use crate::decision::{Attempt, BuiltinRules, Decider, PolicyContext, Room, Rules, ZoneSnapshot};
 use crate::domain::{BackupId, BackupView, Zone, format_duration, plan_room_around};
 use crate::faults;
 use crate::ops::{OpsError, Tierkeep};
 use crate::progress::Progress;
-use crate::archive::ArchiveError;
 use crate::store::{BackupKey, ListedState, StoreError};
 
 /// What recovery found and did.
@@ -85,7 +85,8 @@ pub(crate) fn scheduled_attempts(catalog: &Catalog) -> Result<Vec<Event>, OpsErr
         .into_iter()
         .filter(|e| {
             // Backup attempts only: a failed move or eviction names its backup.
-            (e.kind == "created" || (e.backup_id.is_none() && matches!(e.kind.as_str(), "failed" | "refused")))
+            (e.kind == "created"
+                || (e.backup_id.is_none() && matches!(e.kind.as_str(), "failed" | "refused")))
                 && e.zone_to.or(e.zone_from) == Some(Zone::BlackBox)
         })
         .collect())
@@ -207,7 +208,9 @@ impl Tierkeep {
                 Ok(aborted) => report
                     .removed_incomplete
                     .extend(aborted.into_iter().map(|o| format!("{zone}: upload {o}"))),
-                Err(e) => tracing::warn!(%zone, "cannot abort stale multipart uploads (retried by the next recovery): {e}"),
+                Err(e) => {
+                    tracing::warn!(%zone, "cannot abort stale multipart uploads (retried by the next recovery): {e}")
+                }
             }
             if let Some(staging) = store.staging_dir() {
                 crate::ops::remove_partials(
@@ -557,7 +560,10 @@ impl Tierkeep {
                     cap.max_backups
                 )
             };
-            match self.move_to_deletion(catalog, rec, now, &reason, progress).await {
+            match self
+                .move_to_deletion(catalog, rec, now, &reason, progress)
+                .await
+            {
                 Ok(()) => aged.push(id.to_string()),
                 // Found damaged now: it stays, and another backup ages in its place.
                 Err(OpsError::Damaged { .. }) => {
@@ -653,7 +659,10 @@ impl Tierkeep {
                 ),
                 format_duration(schedule.aging)
             );
-            match self.move_to_deletion(catalog, rec, now, &reason, progress).await {
+            match self
+                .move_to_deletion(catalog, rec, now, &reason, progress)
+                .await
+            {
                 Ok(()) => report.aged.push(id.to_string()),
                 // One bad backup never blocks the rest: it stays (marked damaged) and the
                 // next one moves.
@@ -663,7 +672,10 @@ impl Tierkeep {
         }
         // A black box over its capacity (taken beyond it under pressure) is brought back
         // within it, oldest first, as soon as aging works again.
-        match self.make_room_in_black_box(catalog, 0, 0, now, progress).await {
+        match self
+            .make_room_in_black_box(catalog, 0, 0, now, progress)
+            .await
+        {
             Ok((aged, evicted)) => {
                 report.aged.extend(aged);
                 report.evicted.extend(evicted);

@@ -1169,7 +1169,10 @@ impl Tierkeep {
                 | ArchiveError::Hostile { .. }),
             )) if !was_damaged => {
                 catalog.note_backup(&rec.id, now, "damaged", Some(rec.zone), &e.to_string())?;
-                crate::metrics::inc("tierkeep_damaged_found_total", &[("zone", rec.zone.as_str())]);
+                crate::metrics::inc(
+                    "tierkeep_damaged_found_total",
+                    &[("zone", rec.zone.as_str())],
+                );
             }
             None if was_damaged => {
                 catalog.note_backup(

@@ -37,7 +37,12 @@ fn zone_failure(error: &OpsError, remote: bool) -> Option<String> {
 }
 
 impl Tierkeep {
-    fn with_health<T>(&self, catalog: &Catalog, f: impl FnOnce(&mut ZoneHealth) -> T, zone: Zone) -> T {
+    fn with_health<T>(
+        &self,
+        catalog: &Catalog,
+        f: impl FnOnce(&mut ZoneHealth) -> T,
+        zone: Zone,
+    ) -> T {
         let mut guard = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let all = guard.get_or_insert_with(|| Zone::ALL.map(|z| recorded_health(catalog, z)));
         f(&mut all[zone.index()])
@@ -108,18 +113,19 @@ impl Tierkeep {
                 self.with_health(catalog, |h| h.failed(now, text.clone()), zone)
                     .then_some(("unreachable", text))
             }),
-            None => self
-                .with_health(catalog, ZoneHealth::answered, zone)
-                .map(|(since, failures)| {
-                    let lasted = (now - since).try_into().unwrap_or_default();
-                    (
-                        "reachable",
-                        format!(
-                            "answers again after {} unreachable ({failures} failed attempts)",
-                            format_duration(lasted)
-                        ),
-                    )
-                }),
+            None => {
+                self.with_health(catalog, ZoneHealth::answered, zone)
+                    .map(|(since, failures)| {
+                        let lasted = (now - since).try_into().unwrap_or_default();
+                        (
+                            "reachable",
+                            format!(
+                                "answers again after {} unreachable ({failures} failed attempts)",
+                                format_duration(lasted)
+                            ),
+                        )
+                    })
+            }
         };
         let Some((kind, reason)) = transition else {
             return;

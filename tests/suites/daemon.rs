@@ -942,7 +942,10 @@ fn an_s3_outage_is_visible_and_never_holds_up_the_backups() {
     let health: serde_json::Value = serde_json::from_str(&body).expect("healthz json");
     assert_eq!(code, 200, "{body}");
     assert_eq!(health["status"], "degraded", "{body}");
-    assert_eq!(health["zones"][1]["health"]["state"], "unreachable", "{body}");
+    assert_eq!(
+        health["zones"][1]["health"]["state"], "unreachable",
+        "{body}"
+    );
     let (_, metrics) = get(&addr, "/metrics");
     assert_eq!(
         sample(&metrics, "tierkeep_zone_up{zone=\"deletion\"}"),
@@ -966,7 +969,10 @@ fn an_s3_outage_is_visible_and_never_holds_up_the_backups() {
     // requests to each of the two zones on that server; with it, each zone costs its
     // first failure and a probe now and then.
     let errors = s3_errors(&metrics) - errors_at_start;
-    assert!(errors <= 16.0, "{errors} failed S3 requests in 8 passes:\n{metrics}");
+    assert!(
+        errors <= 16.0,
+        "{errors} failed S3 requests in 8 passes:\n{metrics}"
+    );
 
     // The server comes back: the next probe finds it, aging catches up, all is well.
     server.restart();

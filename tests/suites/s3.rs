@@ -316,7 +316,90 @@ fn a_server_stopped_mid_upload_loses_nothing_and_the_move_finishes_later() {
     if server.lists_uploads() {
         assert_eq!(server.uploads(&deletion), 0, "the stale upload was aborted");
     }
+    assert_eq!(
+        journal(&host),
+        Vec::<String>::new(),
+        "every upload was ended"
+    );
     assert!(ids(&host, "black-box").is_empty());
+    host.restore_and_compare(&id(&a));
+}
+
+/// The multipart uploads in flight that the host noted (`data_dir/staging/uploads`).
+fn journal(host: &Host) -> Vec<String> {
+    fs::read_dir(host.data().join("staging").join("uploads"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A file of `mib` MiB of pseudo-random (incompressible) bytes.
+fn random_file(path: &std::path::Path, mib: usize, seed: u64) {
+    let mut data = vec![0u8; mib << 20];
+    let mut x: u64 = seed | 1;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    fs::write(path, &data).expect("write");
+}
+
+#[test]
+fn a_multipart_upload_killed_midway_is_aborted_by_the_next_run() {
+    let (server, host, deletion) = {
+        let server = s3::dedicated();
+        let (host, deletion, _) = s3_host_on(
+            &server,
+            (5, 10, 10),
+            "[schedule]\ninterval = \"1s\"\naging = \"1s\"\n",
+        );
+        (server, host, deletion)
+    };
+    random_file(&host.src().join("big"), 40, 0x5151);
+    let a = host.backup(&[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut child = host
+        .std_cmd(&["tick"])
+        .env("TIERKEEP_FAULTS", "s3.part_uploaded=pause:5000")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tick");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let paused = lines.map_while(Result::ok).any(|l| l.contains("pausing"));
+    assert!(paused, "no part was uploaded");
+    // kill -9 in the middle of the upload: nothing can abort it now.
+    child.kill().expect("kill");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.signal(), Some(9));
+    assert_eq!(journal(&host).len(), 1, "the upload in flight is noted");
+    if server.lists_uploads() {
+        assert_eq!(
+            server.uploads(&deletion),
+            1,
+            "the killed upload is on the server"
+        );
+    }
+    // The next run's recovery aborts it (from the server's listing, or from the note on
+    // servers that cannot list uploads), then the move happens once.
+    let out = host.ok(&["tick", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        report["recovery"]["removed_incomplete"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "{report}"
+    );
+    assert_eq!(journal(&host), Vec::<String>::new());
+    if server.lists_uploads() {
+        assert_eq!(server.uploads(&deletion), 0, "the stale upload was aborted");
+    }
+    assert_eq!(bucket_state_on(&server, &deletion), (vec![id(&a)], vec![]));
     host.restore_and_compare(&id(&a));
 }
 

@@ -372,8 +372,8 @@ fn one_damaged_backup_never_blocks_aging_of_the_rest() {
     // `verify` finds it damaged too; the deletion copies verify.
     let out = host.cmd(&["verify", "--all"]).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains(&a), "{text}");
 }
 

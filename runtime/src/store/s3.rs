@@ -270,15 +270,23 @@ impl S3Store {
                     self.bucket
                 ),
             ),
-            (_, Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")) => (
-                Retry::Permanent,
-                format!(
-                    "access to bucket `{}` denied: check s3.access_key_id / \
+            (_, c)
+                if status == Some(403)
+                    || matches!(
+                        c,
+                        Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")
+                    ) =>
+            {
+                (
+                    Retry::Permanent,
+                    format!(
+                        "access to bucket `{}` denied: check s3.access_key_id / \
                      s3.secret_access_key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and \
                      the key's permissions on the bucket",
-                    self.bucket
-                ),
-            ),
+                        self.bucket
+                    ),
+                )
+            }
             (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_), _) => (
                 Retry::Temporary,
                 "the S3 server did not answer: check s3.endpoint and that the server is up"
@@ -420,7 +428,8 @@ impl S3Store {
         rd.flatten()
             .filter_map(|e| {
                 let path = e.path();
-                let entry: JournalEntry = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+                let entry: JournalEntry =
+                    serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
                 (entry.bucket == self.bucket).then_some((path, entry))
             })
             .collect()
