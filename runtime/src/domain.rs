@@ -15,7 +15,8 @@ use time::OffsetDateTime;
 pub enum Zone {
     /// Local SSD directory holding the newest scheduled backups.
     BlackBox,
-    /// HDD-backed store that backups age into and are evicted from.
+    /// Store (an S3 bucket or a local directory, usually on HDD) that backups age into
+    /// and are evicted from.
     Deletion,
     /// Store for manual backups, never touched by automatic work.
     Reserved,

@@ -1,4 +1,4 @@
-//! The operations the CLI (and later the daemon) run: backup, restore, export, verify,
+//! The operations the CLI and the daemon run: backup, restore, export, verify,
 //! delete, status and catalog rebuild. Each takes `now` from its caller; the decisions
 //! come from [`crate::domain`], the I/O from the archive, store and catalog modules.
 
@@ -117,7 +117,8 @@ pub enum OpsError {
 }
 
 impl OpsError {
-    /// The process exit status for this error (design.md: 1 failure, 2 usage, 3 refused).
+    /// The process exit status for this error (1 failure, 2 usage, 3 refused; see the
+    /// README's command-line section).
     pub fn exit_code(&self) -> u8 {
         match self {
             OpsError::ZoneFull { .. } | OpsError::NotFound(_) | OpsError::NoRoom { .. } => 3,

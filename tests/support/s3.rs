@@ -1,4 +1,5 @@
-//! The S3 test fixture (design.md, "S3 in tests"). It picks, and prints which it picked:
+//! The S3 test fixture (see the README's "S3 zones" section). It picks, and prints
+//! which it picked:
 //!
 //! 1. `TIERKEEP_TEST_S3_ENDPOINT` (credentials in `AWS_ACCESS_KEY_ID` /
 //!    `AWS_SECRET_ACCESS_KEY`, region in `AWS_REGION`): an external server;
