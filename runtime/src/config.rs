@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::magic::RelativePathBuf;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::{MAX_INTERVAL, MIN_INTERVAL};
 use crate::domain::{
     Capacity, Schedule, Zone, format_duration, format_size, parse_duration, parse_size,
     validate_host_id,
@@ -24,6 +25,9 @@ const ENV_KEYS: &[&str] = &[
     "host_id", "data_dir", "source", "schedule", "policy", "zones", "s3", "daemon", "backup",
     "hooks",
 ];
+
+/// The longest `schedule.aging` (T2) accepted: ten years.
+pub const MAX_AGING: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Free space the black box's filesystem keeps after a scheduled backup, by default.
 pub const DEFAULT_MIN_FREE: u64 = 1 << 30;
@@ -452,6 +456,28 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
         &mut problems,
     );
     let aging = dur("schedule.aging", &raw.schedule.aging, "3h", &mut problems);
+    // The host refuses an interval outside these bounds from any policy, the built-in
+    // rules included (T1 is their interval): refuse it here rather than at run time.
+    if let Some(t1) = interval
+        && !(MIN_INTERVAL..=MAX_INTERVAL).contains(&t1)
+    {
+        problems.push(format!(
+            "schedule.interval ({}): the host allows {} to {} between scheduled backups",
+            format_duration(t1),
+            format_duration(MIN_INTERVAL),
+            format_duration(MAX_INTERVAL)
+        ));
+    }
+    if let Some(t2) = aging
+        && t2 > MAX_AGING
+    {
+        problems.push(format!(
+            "schedule.aging ({}): at most {} (the host computes from it when each backup \
+             is due to age)",
+            format_duration(t2),
+            format_duration(MAX_AGING)
+        ));
+    }
     if let (Some(t1), Some(t2)) = (interval, aging)
         && builtin
         && (t2 < t1 || t2 > t1 * 10)
@@ -1002,6 +1028,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_bakcups"), "{e}");
+    }
+
+    #[test]
+    fn intervals_the_host_would_refuse_are_refused_here() {
+        let e = load_str(
+            "source.paths = [\"/srv\"]\n[schedule]\ninterval = \"40d\"\naging = \"40d\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("schedule.interval (40d)") && e.contains("1s to 31d"),
+            "{e}"
+        );
+        load_str("source.paths = [\"/srv\"]\n[schedule]\ninterval = \"31d\"\naging = \"31d\"\n")
+            .unwrap();
+        let e = load_str(
+            "source.paths = [\"/srv\"]\n[policy]\nname = \"gfs\"\ndir = \"/p\"\n\
+             [schedule]\naging = \"4000d\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("schedule.aging (4000d): at most 3650d"), "{e}");
     }
 
     #[test]

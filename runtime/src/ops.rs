@@ -301,10 +301,19 @@ pub struct Status {
     pub next_backup: OffsetDateTime,
     /// The last backup attempt's outcome.
     pub last_result: Option<crate::catalog::Event>,
-    /// The policy in force.
+    /// The policy in force, in words: `gfs 0.1.0 (FILE)`, `built-in default rules`,
+    /// `built-in default rules, because FILE is broken: ...`.
     pub policy: String,
     /// Why the configured policy file is not running, if it is not.
     pub policy_error: Option<String>,
+    /// What decides in the process that answered: `file`, `built-in`,
+    /// `built-in-fallback` (the file is missing or broken) or `kept-previous` (a version
+    /// loaded before; only a long-running process such as the daemon can keep one).
+    pub policy_state: crate::policy::Deciding,
+    /// The configured policy file, if the configuration names one.
+    pub policy_file: Option<PathBuf>,
+    /// The running policy file's version, when a file decides.
+    pub policy_version: Option<String>,
     /// Black-box pressure: why the black box is over its capacity or its last scheduled
     /// backup was refused (the deletion zone unreachable, the disk reserve reached).
     pub black_box_pressure: Option<String>,
@@ -378,12 +387,7 @@ impl Tierkeep {
                 &settings.s3_settings(Zone::Reserved),
             )?,
         ];
-        let policy = Arc::new(crate::policy::PolicyHost::new(
-            &settings.policy,
-            settings.policy_dir.as_deref(),
-            &serde_json::to_string(&settings.policy_settings).unwrap_or_default(),
-            Some(&settings.data_dir.join("policy-cache")),
-        ));
+        let policy = Arc::new(crate::policy::PolicyHost::configured(&settings));
         Ok(Tierkeep {
             settings,
             stores,
@@ -1342,6 +1346,7 @@ impl Tierkeep {
                     .map(|e| format!("the last scheduled backup was not taken: {}", e.reason))
             }
         };
+        let policy = self.policy.status();
         Ok(Status {
             black_box_pressure,
             daemon_pid: crate::daemon::running(&self.settings),
@@ -1350,8 +1355,11 @@ impl Tierkeep {
             next_backup: self.next_backup_due(&catalog, now)?,
             last_result: catalog.last_attempt()?,
             damaged,
-            policy: self.policy.status().describe(),
-            policy_error: self.policy.status().error,
+            policy: policy.describe(),
+            policy_error: policy.error,
+            policy_state: policy.deciding,
+            policy_file: policy.file,
+            policy_version: policy.version,
             catalog: catalog.path().to_path_buf(),
         })
     }

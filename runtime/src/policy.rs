@@ -532,6 +532,11 @@ impl Rules for WasmPolicy {
     }
 }
 
+/// Where a configuration's compiled policies are cached: `<data_dir>/policy-cache`.
+pub fn cache_dir(settings: &crate::config::Settings) -> PathBuf {
+    settings.data_dir.join("policy-cache")
+}
+
 /// Which policy the configuration asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -562,6 +567,41 @@ pub fn resolve(name: &str, dir: Option<&Path>) -> Result<Source, String> {
     })
 }
 
+/// Which rules decide in this process now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Deciding {
+    /// The configured policy file, loaded and validated.
+    File,
+    /// The built-in default rules, as configured (`default`, with no `default.wasm`).
+    BuiltIn,
+    /// The built-in default rules, because the configured file is missing or broken and
+    /// this process never loaded a working version of it.
+    BuiltInFallback,
+    /// The version of the file this process loaded before; the file now there is missing
+    /// or broken.
+    KeptPrevious,
+}
+
+/// Why the configured policy file is not what decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Trouble {
+    /// The file is not there (the full message).
+    Missing(String),
+    /// The file is there but cannot be used: the full message, and the reason alone.
+    Broken { message: String, reason: String },
+    /// The policy engine itself did not start.
+    Engine(String),
+}
+
+impl Trouble {
+    fn message(&self) -> &str {
+        match self {
+            Trouble::Missing(m) | Trouble::Broken { message: m, .. } | Trouble::Engine(m) => m,
+        }
+    }
+}
+
 /// What the host runs now, for `status` and logs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PolicyStatus {
@@ -571,18 +611,57 @@ pub struct PolicyStatus {
     pub running: String,
     /// Version of the running policy, where known.
     pub version: Option<String>,
-    /// The last load error (the file is broken and the previous policy, or the built-in
-    /// rules, kept running).
+    /// The last load error (the file is missing or broken, and the previous policy, or
+    /// the built-in rules, kept running).
     pub error: Option<String>,
+    /// Which rules decide in this process.
+    pub deciding: Deciding,
+    /// The configured policy file (where the host looks for it), if the configuration
+    /// names one.
+    pub file: Option<PathBuf>,
+    /// The name the running policy gives itself (its `describe`), when a file runs.
+    pub policy_name: Option<String>,
+    /// Why the file is not running (for [`PolicyStatus::describe`]).
+    #[serde(skip)]
+    trouble: Option<Trouble>,
 }
 
 impl PolicyStatus {
-    /// `name (built-in)`, or `name version (file)`.
+    /// Who decides, in words that cannot be misread: `gfs 0.1.0 (/etc/.../gfs.wasm)`,
+    /// `built-in default rules`, `built-in default rules, because FILE is broken: ERR`,
+    /// or the version kept while the file is broken.
     pub fn describe(&self) -> String {
-        match (self.running.as_str(), &self.version) {
-            ("built-in", _) => format!("{} (built-in)", self.name),
-            (file, Some(v)) => format!("{} {v} ({file})", self.name),
-            (file, None) => format!("{} ({file})", self.name),
+        let file = self
+            .file
+            .as_ref()
+            .map_or_else(|| self.running.clone(), |f| f.display().to_string());
+        let problem = || match &self.trouble {
+            Some(Trouble::Broken { reason, .. }) => format!("is broken: {reason}"),
+            Some(Trouble::Missing(_)) => "is missing".to_owned(),
+            Some(Trouble::Engine(e)) => format!("cannot run: {e}"),
+            None => "is not loaded".to_owned(),
+        };
+        let loaded = || {
+            let name = self.policy_name.as_deref().unwrap_or(&self.name);
+            match &self.version {
+                Some(v) if !v.is_empty() => format!("{name} {v}"),
+                _ => name.to_owned(),
+            }
+        };
+        match self.deciding {
+            Deciding::File => format!("{} ({})", loaded(), self.running),
+            Deciding::BuiltIn => "built-in default rules".to_owned(),
+            Deciding::BuiltInFallback => match (&self.file, &self.error) {
+                (Some(_), _) => format!("built-in default rules, because {file} {}", problem()),
+                (None, Some(e)) => format!("built-in default rules ({e})"),
+                (None, None) => "built-in default rules".to_owned(),
+            },
+            Deciding::KeptPrevious => format!(
+                "{} ({}), the version loaded before; the file now there {}",
+                loaded(),
+                self.running,
+                problem()
+            ),
         }
     }
 }
@@ -590,7 +669,7 @@ impl PolicyStatus {
 struct Current {
     policy: Option<Arc<WasmPolicy>>,
     stamp: Option<(SystemTime, u64)>,
-    error: Option<String>,
+    error: Option<Trouble>,
 }
 
 /// The running policy of a tierkeep process, reloaded when its file changes.
@@ -619,7 +698,7 @@ impl PolicyHost {
     pub fn new(name: &str, dir: Option<&Path>, settings: &str, cache_dir: Option<&Path>) -> Self {
         let (engine, error) = match engine() {
             Ok(e) => (Some(e), None),
-            Err(e) => (None, Some(e)),
+            Err(e) => (None, Some(Trouble::Engine(e))),
         };
         PolicyHost {
             name: name.to_owned(),
@@ -635,6 +714,17 @@ impl PolicyHost {
         }
     }
 
+    /// The host for a configuration's policy (compiled components cached in
+    /// `<data_dir>/policy-cache`).
+    pub fn configured(settings: &crate::config::Settings) -> Self {
+        PolicyHost::new(
+            &settings.policy,
+            settings.policy_dir.as_deref(),
+            &serde_json::to_string(&settings.policy_settings).unwrap_or_default(),
+            Some(&cache_dir(settings)),
+        )
+    }
+
     fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
         let m = std::fs::metadata(path).ok()?;
         Some((m.modified().ok()?, m.len()))
@@ -643,6 +733,13 @@ impl PolicyHost {
     /// The policy's settings (JSON), as handed to every decision.
     pub fn settings(&self) -> &str {
         &self.settings
+    }
+
+    /// The file the configuration names: `<policy.dir>/<name>.wasm` (for `default`, only
+    /// when that file exists: otherwise the built-in rules are what is configured).
+    fn configured_file(&self) -> Option<PathBuf> {
+        let file = self.dir.as_ref()?.join(format!("{}.wasm", self.name));
+        (self.name != "default" || file.is_file()).then_some(file)
     }
 
     /// Checks the policy file and reloads it if it is new or changed. Returns `true`
@@ -667,10 +764,22 @@ impl PolicyHost {
             }
             Ok(Source::File(p)) => p,
             Err(e) => {
-                if cur.error.as_deref() != Some(e.as_str()) {
-                    tracing::error!(policy = %self.name, "{e}; the built-in default rules decide until it appears");
+                if cur.error.as_ref().map(Trouble::message) != Some(e.as_str()) {
+                    match &cur.policy {
+                        Some(p) => tracing::error!(
+                            policy = %self.name,
+                            "{e}; keeping {} {}, loaded before",
+                            p.metadata.name,
+                            p.metadata.version
+                        ),
+                        None => tracing::error!(
+                            policy = %self.name,
+                            "{e}; the built-in default rules decide until it appears"
+                        ),
+                    }
                 }
-                cur.error = Some(e);
+                cur.stamp = None;
+                cur.error = Some(Trouble::Missing(e));
                 return false;
             }
         };
@@ -694,11 +803,21 @@ impl PolicyHost {
             }
             Err(e) => {
                 let keeping = match &cur.policy {
-                    Some(p) => format!("keeping {} {}", p.metadata.name, p.metadata.version),
+                    Some(p) => format!(
+                        "keeping {} {}, loaded before",
+                        p.metadata.name, p.metadata.version
+                    ),
                     None => "the built-in default rules decide".to_owned(),
                 };
                 tracing::error!(policy = %self.name, "{e}; {keeping}");
-                cur.error = Some(e.to_string());
+                let reason = match &e {
+                    PolicyError::Io { source, .. } => source.to_string(),
+                    PolicyError::Invalid { message, .. } => message.clone(),
+                };
+                cur.error = Some(Trouble::Broken {
+                    message: e.to_string(),
+                    reason,
+                });
                 false
             }
         }
@@ -718,13 +837,24 @@ impl PolicyHost {
         self.refresh();
         let cur = self.current.lock().ok();
         let policy = cur.as_ref().and_then(|c| c.policy.clone());
+        let error = cur.as_ref().and_then(|c| c.error.clone());
+        let deciding = match (&policy, &error) {
+            (Some(_), None) => Deciding::File,
+            (Some(_), Some(_)) => Deciding::KeptPrevious,
+            (None, None) => Deciding::BuiltIn,
+            (None, Some(_)) => Deciding::BuiltInFallback,
+        };
         PolicyStatus {
             name: self.name.clone(),
             running: policy
                 .as_ref()
                 .map_or_else(|| "built-in".to_owned(), |p| p.path.display().to_string()),
-            version: policy.map(|p| p.metadata.version.clone()),
-            error: cur.and_then(|c| c.error.clone()),
+            version: policy.as_ref().map(|p| p.metadata.version.clone()),
+            policy_name: policy.as_ref().map(|p| p.metadata.name.clone()),
+            deciding,
+            file: self.configured_file(),
+            error: error.as_ref().map(|t| t.message().to_owned()),
+            trouble: error,
         }
     }
 }

@@ -429,6 +429,257 @@ fn configuration_errors_explain_themselves() {
         );
 }
 
+// ---------------------------------------------------------------------------------------
+// Failure paths an operator can trust: a closed stdout, what `config check` catches, the
+// hint of an empty catalog, and what a backup's success line says.
+// ---------------------------------------------------------------------------------------
+
+/// Runs `tierkeep ARGS` with stdout a pipe whose read end is already closed (a reader
+/// that went away, as `| head -1` leaves it); returns the exit code and stderr.
+fn with_closed_stdout(host: &Host, args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = host
+        .std_cmd(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run tierkeep");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_no_panic(what: &str, stderr: &str) {
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{what} panicked: {stderr}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_is_quiet_and_committed_work_still_succeeds() {
+    let host = Host::new("");
+    fs::write(host.src().join("f"), b"data").expect("write");
+    // The backup is committed before its success line meets the closed pipe: it is a
+    // success, said by the exit status, and it is in the catalog.
+    let (code, err) = with_closed_stdout(&host, &["backup"]);
+    assert_no_panic("backup", &err);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = with_closed_stdout(&host, &["backup", "--json"]);
+    assert_no_panic("backup --json", &err);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        host.list(None).len(),
+        2,
+        "both backups are committed and listed"
+    );
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["catalog", "history"],
+        &["status"],
+        &["status", "--json"],
+        &["config", "show"],
+        &["verify"],
+        &["tick"],
+    ] {
+        let (code, err) = with_closed_stdout(&host, args);
+        assert_no_panic(&format!("{args:?}"), &err);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+    }
+    // A failed verification keeps its exit status even when nobody reads the report.
+    let id = host.list(None)[0]["id"].as_str().expect("id").to_owned();
+    let archive = host.zone_dir("black-box", &id).join("archive.tar.zst");
+    let mut bytes = fs::read(&archive).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&archive, bytes).expect("write");
+    let (code, err) = with_closed_stdout(&host, &["verify"]);
+    assert_no_panic("verify", &err);
+    assert_eq!(code, Some(1), "{err}");
+
+    // The same through a real shell pipeline: the reader stops after one line.
+    for _ in 0..3 {
+        host.backup(&["--manual"]);
+    }
+    let rc = host.root().join("rc");
+    let out = StdCommand::new("sh")
+        .arg("-c")
+        .arg(r#"{ "$@"; echo $? > "$RC"; } | head -1"#)
+        .arg("sh")
+        .arg(assert_cmd::cargo::cargo_bin("tierkeep"))
+        .arg("--config")
+        .arg(&host.config)
+        .args(["catalog", "history"])
+        .env("RC", &rc)
+        .output()
+        .expect("sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_no_panic("catalog history | head -1", &err);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert_eq!(fs::read_to_string(&rc).expect("rc").trim(), "0", "{err}");
+}
+
+/// The daemon logs on stderr: with stdout and stderr both closed pipes (its terminal went
+/// away) it keeps working, and still stops gracefully.
+#[test]
+fn the_daemon_keeps_running_without_stdout_or_stderr() {
+    let host = Host::new("[schedule]\ninterval = \"1s\"\naging = \"2s\"\n");
+    fs::write(host.src().join("f"), b"data").expect("write");
+    let (out_reader, out_writer) = std::io::pipe().expect("pipe");
+    let (err_reader, err_writer) = std::io::pipe().expect("pipe");
+    drop(out_reader);
+    drop(err_reader);
+    let mut daemon = host
+        .std_cmd(&["-v", "run", "--metrics-addr", "off"])
+        .stdout(out_writer)
+        .stderr(err_writer)
+        .spawn()
+        .expect("spawn the daemon");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while host.list(None).len() < 3 {
+        assert!(
+            daemon.try_wait().expect("try_wait").is_none(),
+            "the daemon died"
+        );
+        assert!(std::time::Instant::now() < deadline, "no scheduled backups");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let killed = StdCommand::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = daemon.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "a graceful stop: {status:?}");
+}
+
+#[test]
+fn config_check_catches_what_run_would_refuse() {
+    // A policy file that does not exist: run would fall back to the built-in rules.
+    let policies = tempfile::tempdir().expect("tempdir");
+    let host = Host::new(&format!(
+        "[policy]\nname = \"keep-every-third\"\ndir = \"{}\"\n",
+        policies.path().display()
+    ));
+    let err = host.fails(&["config", "check"], 2);
+    assert!(
+        err.contains("no keep-every-third.wasm") && err.contains("built-in default rules"),
+        "{err}"
+    );
+    // A file that is not a policy.
+    fs::write(
+        policies.path().join("keep-every-third.wasm"),
+        b"\0asm\x0d\0\x01\0garbage",
+    )
+    .expect("write");
+    let err = host.fails(&["config", "check"], 2);
+    assert!(
+        err.contains("keep-every-third.wasm") && err.contains("does not compile"),
+        "{err}"
+    );
+    // An interval beyond the host's 31 days.
+    let host = Host::new("[schedule]\ninterval = \"40d\"\naging = \"40d\"\n");
+    let err = host.fails(&["config", "check"], 2);
+    assert!(
+        err.contains("schedule.interval (40d)") && err.contains("1s to 31d"),
+        "{err}"
+    );
+    // The built-in rules, as configured, pass and are named.
+    let host = Host::new("");
+    let out = host.ok(&["config", "check"]);
+    assert!(out.contains("policy: built-in default rules"), "{out}");
+}
+
+#[test]
+fn list_on_an_empty_catalog_points_at_the_rebuild() {
+    let host = Host::new("");
+    fs::write(host.src().join("f"), b"data").expect("write");
+    // Nothing anywhere: no hint.
+    let out = host.cmd(&["list"]).output().expect("list");
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    host.backup(&[]);
+    host.backup(&[]);
+    host.backup(&["--manual"]);
+    // data_dir's catalog lost; the zones still hold the committed backups.
+    for ext in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(host.data().join(format!("catalog.sqlite{ext}")));
+    }
+    let out = host.cmd(&["list", "--json"]).output().expect("list");
+    assert!(out.status.success());
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(rows.is_empty(), "stdout stays a clean empty array");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tierkeep catalog rebuild")
+            && err.contains("2 in the black-box zone")
+            && err.contains("1 in the reserved zone"),
+        "{err}"
+    );
+    let out = host.cmd(&["list"]).output().expect("list");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no backups");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("catalog rebuild"));
+
+    host.ok(&["catalog", "rebuild"]);
+    let out = host.cmd(&["list"]).output().expect("list");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(host.list(None).len(), 3);
+}
+
+#[test]
+fn a_backup_says_what_it_saved_where_and_how_to_restore_it() {
+    let host = Host::new("");
+    fs::write(host.src().join("f"), b"data").expect("write");
+    let out = host.ok(&["backup"]);
+    let id = host.list(None)[0]["id"].as_str().expect("id").to_owned();
+    let archive = host.zone_dir("black-box", &id).join("archive.tar.zst");
+    assert!(archive.is_file());
+    assert!(
+        out.contains(&format!(
+            "created backup {id} in the black-box zone: 2 entries"
+        )) && out.contains(&format!("from {}", host.src().display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("archive: {}", archive.display())),
+        "{out}"
+    );
+    let restore = format!(
+        "restore with: tierkeep --config {} restore {id} --to DIR",
+        host.config.display()
+    );
+    assert!(out.contains(&restore), "{out}");
+
+    // --json: the same outcome as before, with where the archive is.
+    let v: serde_json::Value =
+        serde_json::from_str(&host.ok(&["backup", "--json", "--manual"])).expect("json");
+    let id = v["manifest"]["id"].as_str().expect("id");
+    assert_eq!(v["zone"], "reserved");
+    assert!(v["seconds"].is_number());
+    assert_eq!(
+        v["archive"].as_str().expect("archive"),
+        host.zone_dir("reserved", id)
+            .join("archive.tar.zst")
+            .display()
+            .to_string()
+    );
+}
+
+// End of the failure-path tests.
+// ---------------------------------------------------------------------------------------
+
 #[test]
 fn catalog_rebuilds_from_the_zones() {
     let host = Host::new("");

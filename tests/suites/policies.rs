@@ -574,3 +574,141 @@ fn policy_commands_list_inspect_check_and_simulate() {
     let status = host.ok(&["status"]);
     assert!(status.contains("gfs 0.1.0"), "{status}");
 }
+
+/// `status` names what decides: the loaded file (name, version, path), the built-in
+/// rules as configured, or the built-in rules standing in for a missing or broken file;
+/// a long-running host that loaded a working version says it keeps that one.
+#[test]
+fn status_says_which_policy_decides() {
+    let policies = tempfile::tempdir().expect("tempdir");
+    let file = policies.path().join("gfs.wasm");
+    let host = Host::new(&format!(
+        "[policy]\nname = \"gfs\"\ndir = \"{}\"\n",
+        policies.path().display()
+    ));
+    let status = |host: &Host| -> (String, serde_json::Value) {
+        let text = host.ok(&["status"]);
+        let json = serde_json::from_str(&host.ok(&["status", "--json"])).expect("json");
+        (text, json)
+    };
+
+    // Missing: the built-in rules stand in, and say so.
+    let (text, json) = status(&host);
+    assert!(
+        text.contains(&format!(
+            "policy    built-in default rules, because {} is missing",
+            file.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("any tierkeep started now, uses the built-in default rules"),
+        "{text}"
+    );
+    assert!(!text.contains("gfs (built-in)"), "{text}");
+    assert_eq!(json["policy_state"], "built-in-fallback");
+    assert_eq!(json["policy_file"], file.display().to_string());
+    assert!(
+        json["policy_error"]
+            .as_str()
+            .expect("error")
+            .contains("gfs.wasm")
+    );
+
+    // Loaded: name, version and file; config check agrees.
+    fs::copy(wasm("gfs"), &file).expect("copy");
+    let (text, json) = status(&host);
+    assert!(
+        text.contains(&format!("policy    gfs 0.1.0 ({})", file.display())),
+        "{text}"
+    );
+    assert!(!text.contains("POLICY ERROR"), "{text}");
+    assert_eq!(json["policy_state"], "file");
+    assert_eq!(json["policy_version"], "0.1.0");
+    assert!(json["policy_error"].is_null());
+    let out = host.ok(&["config", "check"]);
+    assert!(out.contains("policy: gfs 0.1.0"), "{out}");
+
+    // A daemon-like host that loaded it keeps it when a broken file replaces it...
+    let running = PolicyHost::new("gfs", Some(policies.path()), "{}", None);
+    assert_eq!(running.rules().name(), "gfs");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(&file, b"\0asm\x0d\0\x01\0garbage").expect("write");
+    let kept = running.status();
+    assert_eq!(kept.deciding, tierkeep::policy::Deciding::KeptPrevious);
+    assert_eq!(running.rules().name(), "gfs");
+    let said = kept.describe();
+    assert!(
+        said.starts_with("gfs 0.1.0") && said.contains("is broken: does not compile"),
+        "{said}"
+    );
+
+    // ...while a new process (this status) cannot know that, and says what it knows.
+    let (text, json) = status(&host);
+    assert!(
+        text.contains(&format!(
+            "policy    built-in default rules, because {} is broken: does not compile",
+            file.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("tierkeep policy check {}", file.display())),
+        "{text}"
+    );
+    assert_eq!(json["policy_state"], "built-in-fallback");
+    assert!(
+        json["policy_error"]
+            .as_str()
+            .expect("error")
+            .contains("does not compile")
+    );
+    // The built-in rules as configured are named as such, with no error.
+    let host = Host::new("");
+    let (text, json) = status(&host);
+    assert!(
+        text.contains("policy    built-in default rules\n"),
+        "{text}"
+    );
+    assert_eq!(json["policy_state"], "built-in");
+}
+
+/// `policy check` and `policy simulate` work without any configuration, on the built-in
+/// defaults, and say so.
+#[test]
+fn policy_tools_need_no_configuration() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("tierkeep"))
+            .args(args)
+            .current_dir(empty.path())
+            .env_remove("TIERKEEP_CONFIG")
+            .env_remove("TIERKEEP_LOG")
+            .output()
+            .expect("run tierkeep");
+        assert!(
+            out.status.success(),
+            "tierkeep {args:?}: {:?}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    let gfs = wasm("gfs").display().to_string();
+    let (out, err) = run(&["policy", "check", &gfs]);
+    assert!(
+        out.contains("loaded gfs 0.1.0") && out.contains("OK"),
+        "{out}"
+    );
+    assert!(err.contains("no configuration file"), "{err}");
+    assert!(err.contains("built-in defaults"), "{err}");
+    let (out, _) = run(&["policy", "simulate", &gfs, "--for", "3d", "--json"]);
+    let sim: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(sim["policy"], "gfs");
+    assert!(sim["final"]["black-box"].as_u64().expect("bb") <= 3);
+    let (out, _) = run(&["policy", "simulate", "--for", "2d"]);
+    assert!(out.contains("over 2d"), "{out}");
+    let (out, _) = run(&["policy", "list"]);
+    assert!(out.contains("* default"), "{out}");
+}

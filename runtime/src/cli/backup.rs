@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use tierkeep::domain::{BackupKind, format_size};
+use tierkeep::ops::{BackupOutcome, Tierkeep};
+use tierkeep::store::{ARCHIVE_NAME, BackupKey};
 
 use super::{Global, now, print_json};
 
@@ -38,22 +40,49 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => return interrupted(&tk, "SIGINT").await,
         _ = term.recv() => return interrupted(&tk, "SIGTERM").await,
     };
+    let archive = archive_location(&tk, &out);
     if a.json {
-        print_json(&out)?;
+        // The outcome as it always was, plus where the archive is.
+        let mut v = serde_json::to_value(&out)?;
+        if let Some(map) = v.as_object_mut() {
+            map.insert("archive".into(), serde_json::json!(archive));
+        }
+        print_json(&v)?;
     } else {
         let m = &out.manifest;
-        println!(
-            "created backup {} in the {} zone: {} entries, {} of data in a {} archive ({:.1} s)",
+        outln!(
+            "created backup {} in the {} zone: {} entries, {} of data from {}, in a {} archive \
+             ({:.1} s)",
             m.id,
             out.zone,
             m.entries,
             format_size(m.logical_bytes),
+            m.source.join(", "),
             format_size(m.archive_bytes),
             out.seconds
         );
-        println!("sha256 {}", m.archive_sha256);
+        outln!("archive: {archive}");
+        outln!("sha256 {}", m.archive_sha256);
+        // The same global options, so that the command finds this configuration.
+        let mut global = String::new();
+        for (flag, value) in [
+            (
+                "--config",
+                g.config.as_ref().map(|c| c.display().to_string()),
+            ),
+            (
+                "--data-dir",
+                g.data_dir.as_ref().map(|d| d.display().to_string()),
+            ),
+            ("--host-id", g.host_id.clone()),
+        ] {
+            if let Some(v) = value {
+                global.push_str(&format!("{flag} {} ", shell_word(&v)));
+            }
+        }
+        outln!("restore with: tierkeep {global}restore {} --to DIR", m.id);
         for w in &m.warnings {
-            eprintln!("warning: {w}");
+            errln!("warning: {w}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -65,4 +94,31 @@ async fn interrupted(tk: &tierkeep::ops::Tierkeep, signal: &str) -> Result<ExitC
         "{signal}: the backup was stopped before it was committed; the next tierkeep run \
          removes what it left"
     )
+}
+
+/// Where the new backup's archive is: its path in a local zone, its URL in a bucket.
+fn archive_location(tk: &Tierkeep, out: &BackupOutcome) -> String {
+    let key = BackupKey {
+        host: out.manifest.host_id.clone(),
+        id: out.manifest.id.clone(),
+    };
+    let store = tk.store(out.zone);
+    match store.local_archive(&key) {
+        Some(path) => path.display().to_string(),
+        None => format!(
+            "{}/{}/{ARCHIVE_NAME}",
+            store.url().trim_end_matches('/'),
+            key
+        ),
+    }
+}
+
+/// A path as one shell word (quoted only when it needs to be).
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }

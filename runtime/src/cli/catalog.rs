@@ -47,7 +47,7 @@ pub async fn run(g: &Global, c: CatalogCommand) -> Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             } else {
-                println!(
+                outln!(
                     "catalog rebuilt from the zones: {} backups found, {} added, {} corrected, {} missing",
                     r.backups,
                     r.catalog.discovered.len(),
@@ -55,19 +55,19 @@ pub async fn run(g: &Global, c: CatalogCommand) -> Result<ExitCode> {
                     r.catalog.missing.len()
                 );
                 for m in &r.finished_moves {
-                    println!("finished an interrupted move: {m}");
+                    outln!("finished an interrupted move: {m}");
                 }
                 for m in &r.catalog.missing {
-                    println!("missing: {m} (recorded, but no zone holds it)");
+                    outln!("missing: {m} (recorded, but no zone holds it)");
                 }
                 for i in &r.removed_incomplete {
-                    println!("removed incomplete: {i}");
+                    outln!("removed incomplete: {i}");
                 }
                 for u in &r.unreadable {
-                    println!("unreadable, left alone: {u}");
+                    outln!("unreadable, left alone: {u}");
                 }
                 for u in &r.unreachable {
-                    eprintln!("error: zone unreachable, not rebuilt: {u}");
+                    errln!("error: zone unreachable, not rebuilt: {u}");
                 }
                 if !r.unreachable.is_empty() {
                     return Ok(ExitCode::from(1));
@@ -94,7 +94,7 @@ pub async fn run(g: &Global, c: CatalogCommand) -> Result<ExitCode> {
                         (None, Some(t)) => format!("in {t}"),
                         (None, None) => String::new(),
                     };
-                    println!(
+                    outln!(
                         "{} {:<10} {} {} {}",
                         rfc3339(e.at),
                         e.kind,

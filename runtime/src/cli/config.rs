@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use tierkeep::config::provenance;
+use tierkeep::config::{ConfigError, Settings, provenance};
+use tierkeep::policy::{self, Source, WasmPolicy};
 
 use super::{Global, print_json};
 
@@ -12,7 +13,8 @@ use super::{Global, print_json};
 pub enum ConfigCommand {
     /// Every effective value and where it came from (secrets are never printed).
     Show(ShowArgs),
-    /// Validate, including source readability and zone writability.
+    /// Validate, including source readability, zone writability and the policy file
+    /// (compiled, described, its settings validated).
     Check,
 }
 
@@ -44,20 +46,22 @@ pub async fn run(g: &Global, c: ConfigCommand) -> Result<ExitCode> {
                 print_json(&map)?;
             } else {
                 if let Some(f) = &loaded.settings.file {
-                    println!("# config file: {}", f.display());
+                    outln!("# config file: {}", f.display());
                 }
                 let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
                 for (k, v, from) in rows {
-                    println!("{k:<width$} = {v}    # {from}");
+                    outln!("{k:<width$} = {v}    # {from}");
                 }
             }
         }
         ConfigCommand::Check => {
             let loaded = g.load(true)?;
+            let policy = check_policy(&loaded.settings)?;
             for w in &loaded.settings.warnings {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
-            println!(
+            outln!("policy: {policy}");
+            outln!(
                 "configuration is valid{}",
                 loaded
                     .settings
@@ -69,4 +73,42 @@ pub async fn run(g: &Global, c: ConfigCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the configured policy as `run` would (resolve the file, compile it, `describe`,
+/// `validate-settings`) and says who would decide; a missing or broken file is a
+/// configuration error here, though at run time the built-in rules would stand in for it.
+fn check_policy(settings: &Settings) -> Result<String, ConfigError> {
+    let problem = |p: String| ConfigError {
+        origin: settings
+            .file
+            .as_ref()
+            .map(|f| format!(" ({})", f.display()))
+            .unwrap_or_default(),
+        problems: vec![format!(
+            "{p} (at run time the built-in default rules would decide instead)"
+        )],
+    };
+    match policy::resolve(&settings.policy, settings.policy_dir.as_deref()).map_err(problem)? {
+        Source::Builtin if settings.policy_settings.is_empty() => {
+            Ok("built-in default rules".into())
+        }
+        Source::Builtin => Ok(
+            "built-in default rules (policy.settings are ignored: the built-in rules take none)"
+                .into(),
+        ),
+        Source::File(file) => {
+            let engine = policy::engine().map_err(problem)?;
+            let json = serde_json::to_string(&settings.policy_settings)
+                .map_err(|e| problem(format!("policy.settings: {e}")))?;
+            let p = WasmPolicy::load(&engine, &file, &json, Some(&policy::cache_dir(settings)))
+                .map_err(|e| problem(e.to_string()))?;
+            Ok(format!(
+                "{} {} ({}), settings accepted",
+                p.metadata.name,
+                p.metadata.version,
+                file.display()
+            ))
+        }
+    }
 }

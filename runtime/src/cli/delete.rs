@@ -33,6 +33,6 @@ pub async fn run(g: &Global, a: DeleteArgs) -> Result<ExitCode> {
     }
     let tk = g.open(false)?;
     let rec = tk.delete(&a.id, now()).await?;
-    println!("deleted {} from the {} zone", rec.id, rec.zone);
+    outln!("deleted {} from the {} zone", rec.id, rec.zone);
     Ok(ExitCode::SUCCESS)
 }

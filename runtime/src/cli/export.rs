@@ -37,7 +37,7 @@ pub async fn run(g: &Global, a: ExportArgs) -> Result<ExitCode> {
             "sha256": rec.sha256,
         }))?;
     } else {
-        println!(
+        outln!(
             "wrote {} ({}, verified)\nsha256 {}\nrestore with: zstd -d < {} | tar -x -C DIR",
             a.to.display(),
             format_size(rec.size_bytes),

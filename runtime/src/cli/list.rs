@@ -6,6 +6,8 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 use tierkeep::domain::{Zone, format_size, rfc3339};
+use tierkeep::ops::Tierkeep;
+use tierkeep::store::ListedState;
 
 use super::{Global, print_json};
 
@@ -44,6 +46,9 @@ pub async fn run(g: &Global, a: ListArgs) -> Result<ExitCode> {
         .into_iter()
         .map(|(r, e)| (r.id.to_string(), e.reason))
         .collect();
+    if records.is_empty() && (a.zone.is_none() || catalog.list(None)?.is_empty()) {
+        rebuild_hint(&tk).await;
+    }
     if a.json {
         let rows: Vec<Row> = records
             .into_iter()
@@ -65,7 +70,7 @@ pub async fn run(g: &Global, a: ListArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if records.is_empty() {
-        println!(
+        outln!(
             "no backups{}",
             a.zone
                 .map(|z| format!(" in the {z} zone"))
@@ -73,9 +78,13 @@ pub async fn run(g: &Global, a: ListArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<34} {:<9} {:<9} {:<20} {:>10}  LABEL",
-        "ID", "ZONE", "KIND", "CREATED", "SIZE"
+        "ID",
+        "ZONE",
+        "KIND",
+        "CREATED",
+        "SIZE"
     );
     for r in records {
         let mark = if damaged.contains_key(r.id.as_str()) {
@@ -83,7 +92,7 @@ pub async fn run(g: &Global, a: ListArgs) -> Result<ExitCode> {
         } else {
             ""
         };
-        println!(
+        outln!(
             "{:<34} {:<9} {:<9} {:<20} {:>10}  {mark}{}",
             r.id.as_str(),
             r.zone.as_str(),
@@ -94,10 +103,43 @@ pub async fn run(g: &Global, a: ListArgs) -> Result<ExitCode> {
         );
     }
     if !damaged.is_empty() {
-        println!(
+        outln!(
             "{} damaged backup(s): their copy does not match the manifest; see `tierkeep status`",
             damaged.len()
         );
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// With an empty catalog, looks whether the zones hold committed backups of this host
+/// (after the loss of data_dir, say) and, if they do, says on stderr how to get them back
+/// into the catalog. Best effort: a zone that does not answer quickly is skipped.
+async fn rebuild_hint(tk: &Tierkeep) {
+    let mut found = Vec::new();
+    for zone in Zone::ALL {
+        let listed = tokio::time::timeout(HINT_TIMEOUT, tk.store(zone).list()).await;
+        let Ok(Ok(listed)) = listed else {
+            tracing::debug!(%zone, "zone not listed for the rebuild hint");
+            continue;
+        };
+        let n = listed
+            .iter()
+            .filter(|l| l.key.host == tk.settings.host_id)
+            .filter(|l| matches!(l.state, ListedState::Committed(_)))
+            .count();
+        if n > 0 {
+            found.push(format!("{n} in the {zone} zone"));
+        }
+    }
+    if !found.is_empty() {
+        errln!(
+            "hint: the catalog is empty, but the zones hold committed backups of host {} \
+             ({}): `tierkeep catalog rebuild` adds them to the catalog",
+            tk.settings.host_id,
+            found.join(", ")
+        );
+    }
+}
+
+/// How long the rebuild hint waits for each zone's listing.
+const HINT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -1,5 +1,20 @@
 //! Command-line interface: one module per subcommand, global options flattened.
 //! Exit status: 0 success, 1 failure, 2 bad usage or configuration, 3 refused.
+//! Output goes through [`output`] (`outln!`, `errln!`): a closed stdout never panics.
+
+/// `println!` that stops quietly when stdout is closed (see [`output`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::err_line(format_args!($($arg)*))
+    };
+}
 
 mod backup;
 mod catalog;
@@ -7,6 +22,7 @@ mod config;
 mod delete;
 mod export;
 mod list;
+mod output;
 mod policy;
 mod restore;
 mod run;
@@ -111,7 +127,7 @@ pub fn init_logging(cli: &Cli) {
         .unwrap_or_else(|| EnvFilter::new(format!("tierkeep={level},warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| output::QuietStderr);
     let _ = match g.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder
@@ -140,6 +156,42 @@ impl Global {
     /// Loads the configuration; `deep` also checks sources and zone directories.
     pub fn load(&self, deep: bool) -> Result<Loaded> {
         Ok(tierkeep::config::load(&self.sources(), deep)?)
+    }
+
+    /// For the policy tools (`policy check`, `simulate`, `list`), which need a schedule and
+    /// capacities but no sources: the configuration, or — when there is no configuration
+    /// file at all (no --config, TIERKEEP_CONFIG or ./tierkeep.toml) — the built-in
+    /// defaults (and environment), said on stderr.
+    pub fn load_or_defaults(&self) -> Result<Loaded> {
+        if self.config.is_some() || std::path::Path::new("tierkeep.toml").is_file() {
+            return self.load(false);
+        }
+        let mut sources = self.sources();
+        // The policy tools never read the sources: a placeholder satisfies the one key
+        // that has no default.
+        sources
+            .flags
+            .push(("source.paths".into(), serde_json::json!(["/"])));
+        let loaded = tierkeep::config::load(&sources, false)?;
+        let s = &loaded.settings;
+        errln!(
+            "note: no configuration file (--config, TIERKEEP_CONFIG or ./tierkeep.toml): using \
+             the built-in defaults: interval {}, aging {}, zones of {}/{}/{} backups, policy \
+             settings {}",
+            tierkeep::domain::format_duration(s.schedule.interval),
+            tierkeep::domain::format_duration(s.schedule.aging),
+            s.zone(tierkeep::domain::Zone::BlackBox)
+                .capacity
+                .max_backups,
+            s.zone(tierkeep::domain::Zone::Deletion)
+                .capacity
+                .max_backups,
+            s.zone(tierkeep::domain::Zone::Reserved)
+                .capacity
+                .max_backups,
+            serde_json::to_string(&s.policy_settings)?
+        );
+        Ok(loaded)
     }
 
     /// Loads the configuration and opens the zones.
@@ -184,19 +236,53 @@ pub fn main(cli: Cli) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
+    let changes_state = cli.command.changes_state();
     let result = runtime.block_on(dispatch(cli));
     // Work a stopped daemon dropped may still hold a blocking thread (an archive being
     // written): do not wait for it; what it leaves is recovered at the next start.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
+    output::flush();
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(exit_code(&err))
+            errln!("error: {err:#}");
+            return ExitCode::from(exit_code(&err));
+        }
+    };
+    // A reader that went away is not an error (see `output`); another write error is
+    // reported, and fails a command whose output is its whole result.
+    if let Some(e) = output::stdout_error() {
+        if changes_state {
+            errln!("warning: the output could not be written to stdout ({e}); the work is done");
+        } else {
+            errln!("error: cannot write to stdout: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    code
+}
+
+impl Command {
+    /// Whether the command changes backups or the catalog (its exit status then reports
+    /// that work, whatever happened to its output).
+    fn changes_state(&self) -> bool {
+        match self {
+            Command::Run(_)
+            | Command::Backup(_)
+            | Command::Tick(_)
+            | Command::Restore(_)
+            | Command::Export(_)
+            | Command::Delete(_) => true,
+            Command::Catalog(c) => matches!(c, catalog::CatalogCommand::Rebuild(_)),
+            Command::List(_)
+            | Command::Status(_)
+            | Command::Verify(_)
+            | Command::Config(_)
+            | Command::Policy(_) => false,
         }
     }
 }
@@ -221,7 +307,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

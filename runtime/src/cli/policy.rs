@@ -95,7 +95,7 @@ fn load(file: &Path, settings: &str) -> Result<WasmPolicy> {
 }
 
 fn list(g: &Global, a: ListArgs) -> Result<ExitCode> {
-    let settings = g.load(false)?.settings;
+    let settings = g.load_or_defaults()?.settings;
     let mut rows = vec![serde_json::json!({
         "name": "default",
         "source": "built-in",
@@ -142,12 +142,12 @@ fn list(g: &Global, a: ListArgs) -> Result<ExitCode> {
         };
         let source = r["source"].as_str().unwrap_or_default();
         match r.get("error") {
-            Some(e) => println!(
+            Some(e) => outln!(
                 "{mark} {:<16} BROKEN  {source}: {}",
                 r["name"].as_str().unwrap_or_default(),
                 e.as_str().unwrap_or_default()
             ),
-            None => println!(
+            None => outln!(
                 "{mark} {:<16} {:<7} {source} — {}",
                 r["name"].as_str().unwrap_or_default(),
                 r["version"].as_str().unwrap_or("-"),
@@ -168,27 +168,30 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "file:        {} ({})",
         p.path.display(),
         format_size(p.size)
     );
-    println!("sha256:      {}", p.sha256);
-    println!("name:        {} {}", p.metadata.name, p.metadata.version);
-    println!("description: {}", p.metadata.description);
+    outln!("sha256:      {}", p.sha256);
+    outln!("name:        {} {}", p.metadata.name, p.metadata.version);
+    outln!("description: {}", p.metadata.description);
     if p.metadata.settings.is_empty() {
-        println!("settings:    none");
+        outln!("settings:    none");
     } else {
-        println!("settings:");
+        outln!("settings:");
         for s in &p.metadata.settings {
-            println!(
+            outln!(
                 "  {:<20} {:<14} default {:<10} {}",
-                s.name, s.kind, s.default, s.description
+                s.name,
+                s.kind,
+                s.default,
+                s.description
             );
         }
     }
-    println!("imports:     {}", p.interface.imports.join("; "));
-    println!("exports:     {}", p.interface.exports.join("; "));
+    outln!("imports:     {}", p.interface.imports.join("; "));
+    outln!("exports:     {}", p.interface.exports.join("; "));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,16 +250,16 @@ fn sample(settings: &str) -> (PolicyContext, Vec<BackupView>) {
 fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
     let settings = match a.settings {
         Some(s) => s,
-        None => serde_json::to_string(&g.load(false)?.settings.policy_settings)?,
+        None => serde_json::to_string(&g.load_or_defaults()?.settings.policy_settings)?,
     };
     let p = match load(&a.file, &settings) {
         Ok(p) => p,
         Err(e) => {
-            println!("BROKEN: {e}");
+            outln!("BROKEN: {e}");
             return Ok(ExitCode::from(1));
         }
     };
-    println!(
+    outln!(
         "loaded {} {} ({}), settings accepted",
         p.metadata.name,
         p.metadata.version,
@@ -267,10 +270,10 @@ fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
     let mut broken = false;
     let mut report =
         |what: &str, fault: &Option<tierkeep::decision::PolicyFault>, ok: String| match fault {
-            None => println!("  {what:<9} ok: {ok}"),
+            None => outln!("  {what:<9} ok: {ok}"),
             Some(f) => {
                 broken = true;
-                println!("  {what:<9} FAULT: {f}");
+                outln!("  {what:<9} FAULT: {f}");
             }
         };
     let i = d.interval(&ctx);
@@ -299,15 +302,15 @@ fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
             .join(", "),
     );
     if broken {
-        println!("BROKEN: its faulty decisions would be replaced by the built-in rules");
+        outln!("BROKEN: its faulty decisions would be replaced by the built-in rules");
         return Ok(ExitCode::from(1));
     }
-    println!("OK");
+    outln!("OK");
     Ok(ExitCode::SUCCESS)
 }
 
 fn simulate_cmd(g: &Global, a: SimulateArgs) -> Result<ExitCode> {
-    let settings = g.load(false)?.settings;
+    let settings = g.load_or_defaults()?.settings;
     let period = parse_duration(&a.period).map_err(|e| UsageError(format!("--for: {e}")))?;
     let backup_size =
         parse_size(&a.backup_size).map_err(|e| UsageError(format!("--backup-size: {e}")))?;
@@ -360,7 +363,7 @@ fn simulate_cmd(g: &Global, a: SimulateArgs) -> Result<ExitCode> {
         print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "policy {} over {} ({} per backup, fail rate {}), simulated in {:.0?}",
         report.policy,
         format_duration(period),
@@ -368,15 +371,20 @@ fn simulate_cmd(g: &Global, a: SimulateArgs) -> Result<ExitCode> {
         a.fail_rate,
         took
     );
-    println!(
+    outln!(
         "created {}  failed {}  aged {}  evicted {}",
-        report.created, report.failed, report.aged, report.evicted
+        report.created,
+        report.failed,
+        report.aged,
+        report.evicted
     );
-    println!(
+    outln!(
         "final:  black-box {}  deletion {}  reserved {}",
-        report.final_counts.black_box, report.final_counts.deletion, report.final_counts.reserved
+        report.final_counts.black_box,
+        report.final_counts.deletion,
+        report.final_counts.reserved
     );
-    println!(
+    outln!(
         "peak:   black-box {}  deletion {} ({})",
         report.peak.black_box,
         report.peak.deletion,
@@ -387,7 +395,7 @@ fn simulate_cmd(g: &Global, a: SimulateArgs) -> Result<ExitCode> {
     let mut next = params.start + week;
     for s in &report.samples {
         if s.at >= next {
-            println!(
+            outln!(
                 "  {}  black-box {:>3}  deletion {:>4}",
                 tierkeep::domain::rfc3339(s.at),
                 s.counts.black_box,
@@ -396,7 +404,7 @@ fn simulate_cmd(g: &Global, a: SimulateArgs) -> Result<ExitCode> {
             next += week;
         }
     }
-    println!(
+    outln!(
         "decisions by the policy: {}; fallbacks to the built-in rules: {}{}",
         report.decisions,
         report.fallbacks,
@@ -407,7 +415,7 @@ fn simulate_cmd(g: &Global, a: SimulateArgs) -> Result<ExitCode> {
             .unwrap_or_default()
     );
     if let Some(path) = &a.svg {
-        println!("chart: {}", path.display());
+        outln!("chart: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -36,7 +36,7 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&out)?;
     } else {
-        println!(
+        outln!(
             "restored {} from the {} zone{} into {}: {} entries, {}",
             out.id,
             out.zone,
@@ -50,7 +50,7 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
             format_size(out.bytes)
         );
         for w in &out.warnings {
-            eprintln!("warning: {w}");
+            errln!("warning: {w}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -62,7 +62,7 @@ pub async fn run(g: &Global, a: RunArgs) -> Result<ExitCode> {
     match daemon.run(listener, shutdown, abort).await {
         Ended::Clean | Ended::GraceExpired => Ok(ExitCode::SUCCESS),
         Ended::Aborted => {
-            eprintln!(
+            errln!(
                 "tierkeep: stopped at once by a second signal; the next start finishes or rolls \
                  back the work that was in flight"
             );

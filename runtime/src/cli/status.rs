@@ -23,12 +23,12 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
         print_json(&s)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("host      {}", s.host_id);
-    println!("policy    {}", s.policy);
+    outln!("host      {}", s.host_id);
+    outln!("policy    {}", s.policy);
     for z in &s.zones {
-        println!("{:<9} {}  {}", z.zone.as_str(), usage_line(z), z.url);
+        outln!("{:<9} {}  {}", z.zone.as_str(), usage_line(z), z.url);
         if !z.reachable {
-            println!(
+            outln!(
                 "          UNREACHABLE since {}: {}",
                 z.unreachable_since.map(rfc3339).unwrap_or_default(),
                 z.last_error.as_deref().unwrap_or("")
@@ -36,12 +36,12 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
         }
     }
     match s.daemon_pid {
-        Some(pid) => println!("daemon    running (pid {pid})"),
-        None => println!("daemon    not running (`tierkeep run`)"),
+        Some(pid) => outln!("daemon    running (pid {pid})"),
+        None => outln!("daemon    not running (`tierkeep run`)"),
     }
-    println!("next backup due {}", rfc3339(s.next_backup));
+    outln!("next backup due {}", rfc3339(s.next_backup));
     match &s.last_result {
-        Some(e) => println!(
+        Some(e) => outln!(
             "last result: {} at {}{}: {}",
             e.kind,
             rfc3339(e.at),
@@ -51,13 +51,13 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
                 .unwrap_or_default(),
             e.reason
         ),
-        None => println!("last result: no backup yet"),
+        None => outln!("last result: no backup yet"),
     }
     if let Some(p) = &s.black_box_pressure {
-        println!("BLACK-BOX PRESSURE: {p}");
+        outln!("BLACK-BOX PRESSURE: {p}");
     }
     for d in &s.damaged {
-        println!(
+        outln!(
             "DAMAGED: {} in the {} zone, found {}: {} (it is never moved; restore another \
              backup, and delete it with `tierkeep delete {} --yes` once you have checked it)",
             d.id,
@@ -67,9 +67,42 @@ pub async fn run(g: &Global, a: StatusArgs) -> Result<ExitCode> {
             d.id
         );
     }
-    if let Some(e) = &s.policy_error {
-        println!("POLICY ERROR: {e}");
+    if s.policy_error.is_some() {
+        outln!("POLICY ERROR: {}", policy_note(&s));
     }
-    println!("catalog   {}", s.catalog.display());
+    outln!("catalog   {}", s.catalog.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a broken or missing policy file means, said from a process that loaded it just
+/// now: it cannot see what a running daemon kept.
+fn policy_note(s: &tierkeep::ops::Status) -> String {
+    use tierkeep::policy::Deciding;
+    let Some(path) = &s.policy_file else {
+        return s.policy_error.clone().unwrap_or_default();
+    };
+    let file = path.display();
+    let (problem, until) = if path.is_file() {
+        (
+            "is broken",
+            format!("it is fixed (`tierkeep policy check {file}` says why it is refused)"),
+        )
+    } else {
+        ("is missing", "it is put in place".to_owned())
+    };
+    if s.policy_state == Deciding::KeptPrevious {
+        return format!("{file} {problem}; the version loaded before keeps deciding until {until}");
+    }
+    let daemon = match s.daemon_pid {
+        Some(pid) => format!(
+            "; the running daemon (pid {pid}) keeps deciding with the version of the file it \
+             loaded before, if it loaded one (its log says which), else with the built-in \
+             default rules"
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{file} {problem}; this command, and any tierkeep started now, uses the built-in \
+         default rules until {until}{daemon}"
+    )
 }

@@ -31,28 +31,28 @@ pub async fn run(g: &Global, a: TickArgs) -> Result<ExitCode> {
     }
     let r = &report.recovery;
     for id in &r.finished_moves {
-        println!("finished an interrupted move: {id}");
+        outln!("finished an interrupted move: {id}");
     }
     for i in &r.removed_incomplete {
-        println!("removed incomplete: {i}");
+        outln!("removed incomplete: {i}");
     }
     for id in &r.catalog.missing {
-        println!("MISSING: {id} is recorded in the catalog but no zone holds it");
+        outln!("MISSING: {id} is recorded in the catalog but no zone holds it");
     }
     for id in &report.aged {
-        println!("aged: {id} -> deletion");
+        outln!("aged: {id} -> deletion");
     }
     for id in &report.evicted {
-        println!("evicted: {id} (deletion zone full)");
+        outln!("evicted: {id} (deletion zone full)");
     }
     for id in &report.damaged {
-        eprintln!(
+        errln!(
             "error: {id}: its black-box copy is damaged (it does not match its manifest): not \
              moved, marked damaged (see `tierkeep status`); the other backups aged as usual"
         );
     }
     if report.aged.is_empty() && report.evicted.is_empty() && report.damaged.is_empty() {
-        println!("nothing to age or evict");
+        outln!("nothing to age or evict");
     }
     Ok(code)
 }

@@ -33,11 +33,11 @@ pub async fn run(g: &Global, a: VerifyArgs) -> Result<ExitCode> {
     } else {
         for r in &results {
             match &r.error {
-                None => println!("ok      {} ({})", r.id, r.zone),
-                Some(e) => println!("FAILED  {} ({}): {e}", r.id, r.zone),
+                None => outln!("ok      {} ({})", r.id, r.zone),
+                Some(e) => outln!("FAILED  {} ({}): {e}", r.id, r.zone),
             }
         }
-        println!("{} verified, {} failed", results.len() - failed, failed);
+        outln!("{} verified, {} failed", results.len() - failed, failed);
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
