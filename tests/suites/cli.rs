@@ -25,7 +25,14 @@ fn round_trip_keeps_every_kind_of_entry() {
     let id = m["id"].as_str().expect("id");
     assert_eq!(m["kind"], "scheduled");
     let target = host.root().join("restore");
-    let out = host.ok(&["restore", id, "--to", target.to_str().expect("utf8")]);
+    // `--keep-setuid`: the tree has a setuid file, and the copy must be identical.
+    let out = host.ok(&[
+        "restore",
+        id,
+        "--to",
+        target.to_str().expect("utf8"),
+        "--keep-setuid",
+    ]);
     assert!(out.contains("restored"), "{out}");
     assert_same_tree(&host.src(), &restored_src(&host, &target));
 
@@ -138,6 +145,7 @@ fn single_path_restore_and_target_rules() {
         "--to",
         t2.to_str().expect("utf8"),
         "--force",
+        "--keep-setuid",
     ]);
     assert_same_tree(&src, &restored_src(&host, &t2));
 
