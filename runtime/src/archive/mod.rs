@@ -53,7 +53,7 @@ pub enum ArchiveError {
     /// A file entry's data stops before the size its header gives.
     #[error(
         "the archive ends inside this entry: {read} of its {size} bytes are there (the \
-         archive is truncated, or was written by a faulty tool)"
+         archive is truncated, or was written by a faulty tool): restore from another backup"
     )]
     Truncated {
         /// Bytes present.
