@@ -1016,14 +1016,15 @@ impl Extractor {
         let entries = ar
             .entries()
             .map_err(|e| self.stopped(StoppedAt::After(None), read(e)))?;
-        let mut last = None;
+        let mut last: Option<Vec<u8>> = None;
         for entry in entries {
-            let mut entry =
-                entry.map_err(|e| self.stopped(StoppedAt::After(last.clone()), read(e)))?;
+            let mut entry = entry.map_err(|e| {
+                self.stopped(StoppedAt::After(last.as_deref().map(shown_name)), read(e))
+            })?;
             let name = entry.path_bytes().into_owned();
             self.entry(&name, &mut entry)
                 .map_err(|e| self.stopped(StoppedAt::Entry(shown_name(&name)), e))?;
-            last = Some(shown_name(&name));
+            last = Some(name);
         }
         Ok(())
     }
@@ -1380,6 +1381,30 @@ mod tests {
             "{text}"
         );
         assert_eq!(files(&target), ["srv", "srv/app", "srv/app/ok"]);
+    }
+
+    #[test]
+    fn a_damaged_header_is_placed_after_the_last_good_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut tar_bytes = raw_tar(&[
+            ("srv/app/done", EntryType::Regular, "", "complete"),
+            ("srv/app/next", EntryType::Regular, "", "never read"),
+        ]);
+        tar_bytes[1024 + 148] ^= 0x01; // the second header's checksum
+        let archive = write_archive(tmp.path(), &tar_bytes);
+        let target = tmp.path().join("t");
+        let err = extract(&archive, &options(&target), &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(&err, ArchiveError::Stopped { at: StoppedAt::After(Some(e)), .. }
+                if e == "/srv/app/done"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("the target is incomplete: the entries up to this one are in place"),
+            "{err}"
+        );
+        assert_eq!(files(&target), ["srv", "srv/app", "srv/app/done"]);
     }
 
     #[test]
