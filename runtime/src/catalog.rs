@@ -20,16 +20,16 @@ use crate::domain::{BackupId, BackupKind, Usage, Zone, rfc3339};
 pub enum CatalogError {
     /// SQLite failed.
     #[error(
-        "catalog {path}: {source} (only if SQLite reports the file damaged or not a \
+        "catalog {path}: {cause} (only if SQLite reports the file damaged or not a \
          database: move it aside and run `tierkeep catalog rebuild` to recreate it from the \
          zones; the audit trail of removed backups is then lost)"
     )]
     Sqlite {
         /// The catalog file.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: rusqlite::Error,
+        /// The cause (in the message; not returned from `source()`, so that `{:#}`
+        /// prints it once).
+        cause: rusqlite::Error,
     },
     /// The catalog holds data this build cannot read.
     #[error("catalog {path}: {reason}")]
@@ -207,9 +207,9 @@ impl Catalog {
                 reason: format!("cannot create {}: {e}", dir.display()),
             })?;
         }
-        let wrap = |source| CatalogError::Sqlite {
+        let wrap = |cause| CatalogError::Sqlite {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let conn = Connection::open(path).map_err(wrap)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(wrap)?;
@@ -235,19 +235,19 @@ impl Catalog {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| CatalogError::Sqlite {
                 path: self.path.clone(),
-                source: e,
+                cause: e,
             })?;
         let result = f(&tx).and_then(|v| tx.commit().map(|()| v));
-        result.map_err(|source| CatalogError::Sqlite {
+        result.map_err(|cause| CatalogError::Sqlite {
             path: self.path.clone(),
-            source,
+            cause,
         })
     }
 
-    fn wrap(&self, source: rusqlite::Error) -> CatalogError {
+    fn wrap(&self, cause: rusqlite::Error) -> CatalogError {
         CatalogError::Sqlite {
             path: self.path.clone(),
-            source,
+            cause,
         }
     }
 
@@ -271,14 +271,14 @@ impl Catalog {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| CatalogError::Sqlite {
                     path: self.path.clone(),
-                    source: e,
+                    cause: e,
                 })?;
             tx.execute_batch(SCHEMA)
                 .and_then(|()| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
                 .and_then(|()| tx.commit())
                 .map_err(|e| CatalogError::Sqlite {
                     path: self.path.clone(),
-                    source: e,
+                    cause: e,
                 })?;
         }
         Ok(())
@@ -685,9 +685,9 @@ impl Catalog {
             &[&host_id],
         )?;
         let path = self.path.clone();
-        let wrap = |source| CatalogError::Sqlite {
+        let wrap = |cause| CatalogError::Sqlite {
             path: path.clone(),
-            source,
+            cause,
         };
         let existing: std::collections::HashMap<String, (Zone, State)> = {
             let mut stmt = self

@@ -1,6 +1,8 @@
 //! Named fault-injection points for crash-safety tests.
 //!
-//! Every step of a move between zones (and of an eviction) passes a named point. Setting
+//! Every step of a move between zones (and of an eviction) passes a named point, and a
+//! restore passes `restore.before_rename` after writing each file under its partial
+//! name, before renaming it into place. Setting
 //! `TIERKEEP_FAULTS=name=kill` makes the process abort (SIGABRT, no clean-up, like a
 //! crash or `kill -9`) when it reaches `name`; `name=error` makes that step fail with an
 //! error instead, as a lost connection would; `name=pause:MS` (at points passed through

@@ -24,6 +24,10 @@ use crate::progress::Progress;
 use crate::store::{self, BackupKey, StoreError, ZoneStore};
 
 /// Errors of operations, each mapped to an exit status.
+///
+/// As in [`ArchiveError`], a message includes its cause and no variant returns it from
+/// `source()` (the transparent ones forward their inner error, which follows the same
+/// rule), so `{:#}` prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     /// Catalog trouble.
@@ -57,15 +61,14 @@ pub enum OpsError {
     #[error("{0}")]
     Usage(String),
     /// Something in the local filesystem failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {cause}")]
     Io {
         /// What was being done.
         what: &'static str,
         /// Where.
         path: PathBuf,
         /// Cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A background task died, or an internal rule was about to be broken.
     #[error("internal error: {0}")]
@@ -75,7 +78,7 @@ pub enum OpsError {
     Fault(#[from] crate::faults::InjectedFault),
     /// A source consistency hook failed; the backup was not taken.
     #[error("backup aborted, nothing was written: {0}")]
-    Hook(#[from] crate::hooks::HookError),
+    Hook(crate::hooks::HookError),
     /// A zone does not answer: work that needs it is skipped until a cheap probe finds
     /// it answering again (see [`crate::health`]).
     #[error(
@@ -132,11 +135,17 @@ impl OpsError {
     }
 }
 
+impl From<crate::hooks::HookError> for OpsError {
+    fn from(e: crate::hooks::HookError) -> Self {
+        OpsError::Hook(e)
+    }
+}
+
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OpsError + 'a {
-    move |source| OpsError::Io {
+    move |cause| OpsError::Io {
         what,
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -229,7 +238,7 @@ pub struct RestoreOutcome {
     pub entries: u64,
     /// Bytes of file content written.
     pub bytes: u64,
-    /// Skipped entries.
+    /// Skipped entries, and files whose setuid or setgid bits were dropped.
     pub warnings: Vec<String>,
     /// Target.
     pub target: PathBuf,
@@ -1013,12 +1022,14 @@ impl Tierkeep {
     }
 
     /// Restores backup `id` into `target` (or only `only`, an original absolute path).
+    /// Files keep setuid and setgid bits only when `target` is `/` or with `keep_setuid`.
     pub async fn restore(
         &self,
         id: &str,
         target: &Path,
         force: bool,
         only: Option<&Path>,
+        keep_setuid: bool,
         progress: &Progress,
     ) -> Result<RestoreOutcome, OpsError> {
         let (rec, _pin) = self.resolve_pinned(id).await?;
@@ -1052,6 +1063,7 @@ impl Tierkeep {
             only: only.clone(),
             expected: Some((rec.size_bytes, rec.sha256.clone())),
             owners: running_as_root(),
+            keep_setuid,
         };
         let bar = progress.clone();
         bar.phase("restore", rec.size_bytes);
@@ -1112,7 +1124,7 @@ impl Tierkeep {
     }
 
     /// Re-hashes backups and compares them with their manifests (and, with `deep`,
-    /// decompresses and parses every entry).
+    /// decompresses every entry and applies every check of a restore, writing nothing).
     pub async fn verify(
         &self,
         id: Option<&str>,

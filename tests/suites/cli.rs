@@ -7,6 +7,8 @@ mod support;
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command as StdCommand, Stdio};
 
@@ -25,7 +27,14 @@ fn round_trip_keeps_every_kind_of_entry() {
     let id = m["id"].as_str().expect("id");
     assert_eq!(m["kind"], "scheduled");
     let target = host.root().join("restore");
-    let out = host.ok(&["restore", id, "--to", target.to_str().expect("utf8")]);
+    // `--keep-setuid`: the tree has a setuid file, and the copy must be identical.
+    let out = host.ok(&[
+        "restore",
+        id,
+        "--to",
+        target.to_str().expect("utf8"),
+        "--keep-setuid",
+    ]);
     assert!(out.contains("restored"), "{out}");
     assert_same_tree(&host.src(), &restored_src(&host, &target));
 
@@ -138,6 +147,7 @@ fn single_path_restore_and_target_rules() {
         "--to",
         t2.to_str().expect("utf8"),
         "--force",
+        "--keep-setuid",
     ]);
     assert_same_tree(&src, &restored_src(&host, &t2));
 
@@ -201,11 +211,16 @@ fn full_zones_refuse_before_writing() {
     );
 }
 
-/// Writes a tar stream by hand (raw names, no checks), compressed with zstd.
 /// (name, type, link target, content) of one raw tar entry.
 type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
 
+/// Writes a tar stream by hand (raw names, no checks), compressed with zstd.
 fn hostile_archive(entries: &[RawEntry<'_>]) -> Vec<u8> {
+    zstd::encode_all(&raw_tar(entries)[..], 3).expect("zstd")
+}
+
+/// Writes a tar stream by hand (raw names, no checks).
+fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
     let mut tar_bytes = Vec::new();
     {
         let mut b = tar::Builder::new(&mut tar_bytes);
@@ -226,7 +241,35 @@ fn hostile_archive(entries: &[RawEntry<'_>]) -> Vec<u8> {
         }
         b.finish().expect("finish");
     }
-    zstd::encode_all(&tar_bytes[..], 3).expect("zstd")
+    tar_bytes
+}
+
+/// The refusal in an error message: from "refused archive entry" to the end of its
+/// reason.
+fn refusal(text: &str) -> &str {
+    let start = text.find("refused archive entry").expect("a refusal");
+    let len = text[start..]
+        .find("; the archive may be hostile")
+        .expect("end of the reason");
+    &text[start..start + len]
+}
+
+/// Every path below `root` whose name ends in `.tierkeep-partial` (or `.tierkeep-partial.N`).
+fn partial_files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if fs::symlink_metadata(&p).expect("lstat").is_dir() {
+                stack.push(p.clone());
+            }
+            if p.to_string_lossy().contains(".tierkeep-partial") {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// Plants an archive as a committed black-box backup and registers it.
@@ -302,6 +345,22 @@ fn hostile_archives_are_refused_and_nothing_escapes() {
                 ),
             ]),
         ),
+        (
+            // A file below a file.
+            "20260101T000000.007Z-000000000007",
+            hostile_archive(&[
+                (b"f", tar::EntryType::Regular, b"", b"a file"),
+                (b"f/evil", tar::EntryType::Regular, b"", b"below it"),
+            ]),
+        ),
+        (
+            // A hard link to an entry that comes later.
+            "20260101T000000.008Z-000000000008",
+            hostile_archive(&[
+                (b"hl", tar::EntryType::Link, b"later", b""),
+                (b"later", tar::EntryType::Regular, b"", b"x"),
+            ]),
+        ),
     ];
     for (id, archive) in &cases {
         plant(&host, id, archive);
@@ -313,7 +372,182 @@ fn hostile_archives_are_refused_and_nothing_escapes() {
             0,
             "{id}: something was written outside the target"
         );
+        // `verify --deep` runs the same checks, writing nothing, and gives the same reason.
+        let out = host
+            .cmd(&["verify", id, "--deep"])
+            .output()
+            .expect("verify");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{id}: {report}");
+        assert!(report.contains(&format!("FAILED  {id}")), "{id}: {report}");
+        assert_eq!(
+            refusal(&report),
+            refusal(&err),
+            "{id}: verify and restore disagree"
+        );
+        assert_eq!(
+            fs::read_dir(&outside).expect("read_dir").count(),
+            0,
+            "{id}: verify wrote something"
+        );
     }
+}
+
+#[test]
+fn a_truncated_archive_fails_naming_the_entry_and_leaves_no_half_file() {
+    let host = Host::new("");
+    let big = vec![b'x'; 10_000];
+    let mut tar_bytes = raw_tar(&[
+        (b"srv/app/done", tar::EntryType::Regular, b"", b"complete"),
+        (b"srv/app/x", tar::EntryType::Regular, b"", &big[..]),
+    ]);
+    // The first entry takes 1024 bytes, the second's header 512: cut inside its data.
+    tar_bytes.truncate(1024 + 512 + 4096);
+    let id = "20260101T000000.001Z-000000000001";
+    plant(
+        &host,
+        id,
+        &zstd::encode_all(&tar_bytes[..], 3).expect("zstd"),
+    );
+
+    let target = host.root().join("t");
+    let err = host.fails(&["restore", id, "--to", target.to_str().expect("utf8")], 1);
+    assert!(err.contains("stopped at entry /srv/app/x"), "{err}");
+    assert!(err.contains("the target is incomplete"), "{err}");
+    assert_eq!(
+        err.matches("the archive ends inside this entry").count(),
+        1,
+        "the cause is printed once: {err}"
+    );
+    assert_eq!(
+        fs::read(target.join("srv/app/done")).expect("read"),
+        b"complete"
+    );
+    assert!(
+        fs::symlink_metadata(target.join("srv/app/x")).is_err(),
+        "half a file was left at its name"
+    );
+    assert_eq!(partial_files(&target), Vec::<std::path::PathBuf>::new());
+
+    // `verify --deep` finds it without writing; the plain hash check cannot.
+    let out = host
+        .cmd(&["verify", id, "--deep"])
+        .output()
+        .expect("verify");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("/srv/app/x") && report.contains("ends inside this entry"),
+        "{report}"
+    );
+    host.ok(&["verify", id]);
+
+    // An I/O error's cause is printed once too: a directory in the way of a file.
+    let t2 = host.root().join("t2");
+    fs::create_dir_all(t2.join("srv/app/done")).expect("mkdir");
+    let err = host.fails(
+        &["restore", id, "--to", t2.to_str().expect("utf8"), "--force"],
+        1,
+    );
+    assert!(err.contains("stopped at entry /srv/app/done"), "{err}");
+    assert_eq!(
+        err.matches("a directory is in the way").count(),
+        1,
+        "the cause is printed once: {err}"
+    );
+}
+
+#[test]
+fn a_killed_restore_leaves_only_a_partial_file_and_a_forced_restore_repairs() {
+    let host = Host::new("");
+    make_tree(&host.src());
+    let id = host.backup(&[])["id"].as_str().expect("id").to_owned();
+    let target = host.root().join("t");
+    let t = target.to_str().expect("utf8");
+    // Abort (no clean-up, like SIGKILL) with the first file written but not renamed.
+    let out = host
+        .cmd(&["restore", &id, "--to", t, "--keep-setuid"])
+        .env("TIERKEEP_FAULTS", "restore.before_rename=kill")
+        .output()
+        .expect("restore");
+    assert!(!out.status.success());
+    let partials = partial_files(&target);
+    assert_eq!(partials.len(), 1, "{partials:?}");
+    let name = partials[0].file_name().expect("name").as_encoded_bytes();
+    let full = &name[1..name.len() - ".tierkeep-partial".len()];
+    let full = partials[0].with_file_name(std::ffi::OsStr::from_bytes(full));
+    assert!(
+        fs::symlink_metadata(&full).is_err(),
+        "{} exists though it was not finished",
+        full.display()
+    );
+
+    host.ok(&["restore", &id, "--to", t, "--force", "--keep-setuid"]);
+    assert_same_tree(&host.src(), &restored_src(&host, &target));
+    assert_eq!(partial_files(&target), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn setuid_bits_are_dropped_outside_root_unless_asked() {
+    let host = Host::new("");
+    let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    let tool = host.src().join("tool");
+    fs::write(&tool, b"#!/bin/sh\n").expect("write");
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o4755)).expect("chmod");
+    assert_eq!(mode(&tool), 0o4755);
+    // setgid sticks only if the file's group is one of ours (it is, unless /tmp says
+    // otherwise): compare with what the source really has.
+    let group_tool = host.src().join("group-tool");
+    fs::write(&group_tool, b"#!/bin/sh\n").expect("write");
+    fs::set_permissions(&group_tool, fs::Permissions::from_mode(0o2750)).expect("chmod");
+    let group_mode = mode(&group_tool);
+    let id = host.backup(&[])["id"].as_str().expect("id").to_owned();
+    // A good backup passes the deep check.
+    let out = host.ok(&["verify", &id, "--deep"]);
+    assert!(out.contains(&format!("ok      {id}")), "{out}");
+
+    let t1 = host.root().join("t1");
+    let out = host
+        .cmd(&["restore", &id, "--to", t1.to_str().expect("utf8")])
+        .output()
+        .expect("restore");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warning: {}: setuid/setgid bits dropped (mode 4755 restored as 0755)",
+            tool.display()
+        )) && stderr.contains("--keep-setuid"),
+        "{stderr}"
+    );
+    assert_eq!(mode(&t1.join(entry_of(&tool))), 0o755);
+    assert_eq!(mode(&t1.join(entry_of(&group_tool))), group_mode & !0o6000);
+    if group_mode & 0o2000 != 0 {
+        assert!(
+            stderr.contains(&format!("warning: {}: setuid/setgid", group_tool.display())),
+            "{stderr}"
+        );
+    }
+
+    let t2 = host.root().join("t2");
+    let out = host
+        .cmd(&[
+            "restore",
+            &id,
+            "--to",
+            t2.to_str().expect("utf8"),
+            "--keep-setuid",
+        ])
+        .output()
+        .expect("restore");
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&t2.join(entry_of(&tool))), 0o4755);
+    assert_eq!(mode(&t2.join(entry_of(&group_tool))), group_mode);
 }
 
 #[test]

@@ -133,10 +133,17 @@ impl Host {
     }
 
     /// Restores `id` into a fresh folder, checks the result is identical to the source
-    /// tree, removes it, and returns the command's output.
+    /// tree (setuid bits too: `--keep-setuid`), removes it, and returns the command's
+    /// output.
     pub fn restore_and_compare(&self, id: &str) -> String {
         let target = self.root().join(format!("restore-{id}"));
-        let out = self.ok(&["restore", id, "--to", target.to_str().expect("utf8")]);
+        let out = self.ok(&[
+            "restore",
+            id,
+            "--to",
+            target.to_str().expect("utf8"),
+            "--keep-setuid",
+        ]);
         assert_same_tree(&self.src(), &target.join(entry_of(&self.src())));
         fs::remove_dir_all(&target).expect("cleanup");
         out

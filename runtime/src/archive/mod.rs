@@ -17,39 +17,60 @@ use sha2::{Digest, Sha256};
 pub use manifest::{MANIFEST_FORMAT, Manifest};
 
 /// Errors of the archive writer and reader.
+///
+/// Every message includes its cause and no variant returns it from `source()`, so a
+/// chain printed with `{:#}` (as the CLI does) shows each cause once, and `to_string()`
+/// (catalog notes, `verify` results) still carries all of it.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// I/O on a source or target path failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The path concerned.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// Writing or reading the archive stream itself failed.
-    #[error("archive stream {action}: {source}")]
+    #[error("archive stream {action}: {cause}")]
     Stream {
         /// What was being done.
         action: &'static str,
         /// The cause.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// The archive contains an entry that is refused (escapes the target, goes through a
     /// symlink, is malformed).
-    #[error(
-        "refused archive entry `{entry}`: {reason}; nothing was written outside the target, \
-         the archive may be hostile or corrupted"
-    )]
+    #[error("refused archive entry `{entry}`: {reason}; the archive may be hostile or corrupted")]
     Hostile {
         /// The entry name, lossily decoded.
         entry: String,
         /// Why it is refused.
         reason: String,
+    },
+    /// A file entry's data stops before the size its header gives.
+    #[error(
+        "the archive ends inside this entry: {read} of its {size} bytes are there (the \
+         archive is truncated, or was written by a faulty tool): restore from another backup"
+    )]
+    Truncated {
+        /// Bytes present.
+        read: u64,
+        /// Bytes the header announced.
+        size: u64,
+    },
+    /// Extraction (or, without a target, the check of `verify --deep`) stopped at an
+    /// entry; says what the target holds.
+    #[error("{}", stopped_message(target.as_deref(), at, cause))]
+    Stopped {
+        /// The restore target; `None` for a check that writes nothing.
+        target: Option<PathBuf>,
+        /// Where in the archive.
+        at: StoppedAt,
+        /// Why.
+        cause: Box<ArchiveError>,
     },
     /// The archive bytes do not match the manifest.
     #[error(
@@ -81,16 +102,60 @@ pub enum ArchiveError {
     Cancelled,
 }
 
+/// Where in an archive an extraction or a check stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoppedAt {
+    /// While handling this entry (its original path, `/srv/app/x`).
+    Entry(String),
+    /// Reading the header that follows this entry (`None`: the first header).
+    After(Option<String>),
+    /// After the last entry: setting directories' modes and times, or checking the
+    /// archive's size and hash.
+    End,
+}
+
+fn stopped_message(
+    target: Option<&std::path::Path>,
+    at: &StoppedAt,
+    cause: &ArchiveError,
+) -> String {
+    let place = match (at, cause) {
+        // A refused entry names itself.
+        (StoppedAt::Entry(_), ArchiveError::Hostile { .. }) => String::new(),
+        (StoppedAt::Entry(e), _) => format!(" at entry {e}"),
+        (StoppedAt::After(Some(e)), _) => format!(" after entry {e}"),
+        (StoppedAt::After(None), _) => " at its first entry".to_owned(),
+        (StoppedAt::End, _) => " after its last entry".to_owned(),
+    };
+    let Some(target) = target else {
+        return format!("archive check stopped{place}: {cause}; a restore would stop there too");
+    };
+    let holds = match at {
+        StoppedAt::Entry(_) => "the entries before this one are in place, this one was not written",
+        StoppedAt::After(Some(_)) => "the entries up to this one are in place",
+        StoppedAt::After(None) => "nothing was restored",
+        StoppedAt::End => {
+            "every entry was written, but directories may lack their modes and times and \
+             the data may not match the backup"
+        }
+    };
+    format!(
+        "restore into {} stopped{place}: {cause}; the target is incomplete: {holds}; nothing \
+         was written outside it",
+        target.display()
+    )
+}
+
 impl ArchiveError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         ArchiveError::Io {
             action,
             path: path.into(),
-            source,
+            cause,
         }
     }
-    pub(crate) fn stream(action: &'static str, source: io::Error) -> Self {
-        ArchiveError::Stream { action, source }
+    pub(crate) fn stream(action: &'static str, cause: io::Error) -> Self {
+        ArchiveError::Stream { action, cause }
     }
 }
 
@@ -428,6 +493,7 @@ mod round_trip {
                 only: None,
                 expected: Some((summary.archive_bytes, summary.archive_sha256.clone())),
                 owners: false,
+                keep_setuid: true,
             };
             super::read::extract(&archive, &x, &mut |_| {}).unwrap();
             let restored = target.join(src.strip_prefix("/").unwrap());

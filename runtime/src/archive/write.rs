@@ -134,7 +134,7 @@ pub fn write_archive(
 ) -> Result<WriteSummary, ArchiveError> {
     let skip = Skip::new(opts).map_err(|e| ArchiveError::Stream {
         action: "setup",
-        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        cause: io::Error::new(io::ErrorKind::InvalidInput, e),
     })?;
     let file = File::create(out).map_err(|e| ArchiveError::io("create", out, e))?;
     let sink = BackgroundWriter::new(file).map_err(|e| ArchiveError::io("write", out, e))?;

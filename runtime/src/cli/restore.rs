@@ -1,4 +1,4 @@
-//! `tierkeep restore ID --to DIR [--path P] [--force]`
+//! `tierkeep restore ID --to DIR [--path P] [--force] [--keep-setuid]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +22,10 @@ pub struct RestoreArgs {
     /// Restore into a non-empty directory, replacing what is in the way.
     #[arg(long)]
     pub force: bool,
+    /// Keep setuid and setgid bits of files even when DIR is not `/` (by default they
+    /// are dropped there, with a warning naming each file).
+    #[arg(long)]
+    pub keep_setuid: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -31,7 +35,14 @@ pub async fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
     let tk = g.open(false)?;
     let progress = g.progress(a.json);
     let out = tk
-        .restore(&a.id, &a.to, a.force, a.path.as_deref(), &progress)
+        .restore(
+            &a.id,
+            &a.to,
+            a.force,
+            a.path.as_deref(),
+            a.keep_setuid,
+            &progress,
+        )
         .await?;
     if a.json {
         print_json(&out)?;

@@ -15,7 +15,8 @@ pub struct VerifyArgs {
     /// Every backup in every zone (the default without ID).
     #[arg(long)]
     pub all: bool,
-    /// Also decompress and parse every entry, proving the archive restores.
+    /// Also decompress every entry and apply every check of `restore` (names, links,
+    /// symlinks, complete data), writing nothing: proves the archive restores.
     #[arg(long)]
     pub deep: bool,
     /// Print JSON.

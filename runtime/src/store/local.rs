@@ -43,12 +43,12 @@ impl LocalStore {
         self.root.join(&key.host).join(key.id.as_str())
     }
 
-    fn err(&self, op: &'static str, path: &Path, source: io::Error) -> StoreError {
+    fn err(&self, op: &'static str, path: &Path, cause: io::Error) -> StoreError {
         StoreError::Io {
             zone: self.url.clone(),
             op,
             path: path.to_path_buf(),
-            source,
+            cause,
         }
     }
 
@@ -220,7 +220,7 @@ async fn blocking<T: Send + 'static>(
             zone: String::new(),
             op: "run a store task",
             path: PathBuf::new(),
-            source: io::Error::other(e.to_string()),
+            cause: io::Error::other(e.to_string()),
         })
     })
 }

@@ -88,11 +88,12 @@ pub enum Retry {
     Permanent,
 }
 
-/// Errors of zone stores.
+/// Errors of zone stores. A message includes its cause and no variant returns it from
+/// `source()`, so `{:#}` prints each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// I/O on the zone failed.
-    #[error("zone {zone}: {op} {path}: {source}")]
+    #[error("zone {zone}: {op} {path}: {cause}")]
     Io {
         /// The zone's URL.
         zone: String,
@@ -101,8 +102,7 @@ pub enum StoreError {
         /// The path or object.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The backup is not in this zone.
     #[error("zone {zone}: backup {key} not found")]
@@ -145,7 +145,7 @@ impl StoreError {
     /// Whether retrying may help.
     pub fn retry(&self) -> Retry {
         match self {
-            StoreError::Io { source, .. } => match source.kind() {
+            StoreError::Io { cause, .. } => match cause.kind() {
                 std::io::ErrorKind::Interrupted
                 | std::io::ErrorKind::TimedOut
                 | std::io::ErrorKind::WouldBlock => Retry::Temporary,

@@ -577,7 +577,7 @@ impl S3Store {
                         zone: this.url.clone(),
                         op: "read",
                         path: src.clone(),
-                        source: std::io::Error::other(e.to_string()),
+                        cause: std::io::Error::other(e.to_string()),
                     })?;
                 let out = this
                     .client
@@ -697,7 +697,7 @@ impl S3Store {
                     zone: self.url.clone(),
                     op: "write",
                     path: dest.to_path_buf(),
-                    source: e,
+                    cause: e,
                 })?;
             at += n;
             progress(n);
@@ -867,7 +867,7 @@ impl ZoneStore for S3Store {
                 zone: self.url.clone(),
                 op: "stat",
                 path: src.to_path_buf(),
-                source: e,
+                cause: e,
             })?
             .len();
         if size >= MULTIPART_THRESHOLD {
@@ -879,7 +879,7 @@ impl ZoneStore for S3Store {
                     zone: self.url.clone(),
                     op: "read",
                     path: src.to_path_buf(),
-                    source: std::io::Error::other(e.to_string()),
+                    cause: std::io::Error::other(e.to_string()),
                 })?;
             self.client
                 .put_object()
@@ -952,7 +952,7 @@ impl ZoneStore for S3Store {
             zone: self.url.clone(),
             op,
             path: dest.to_path_buf(),
-            source: e,
+            cause: e,
         };
         let file = File::create(dest).map_err(|e| io("create", e))?;
         file.set_len(size).map_err(|e| io("allocate", e))?;
