@@ -185,7 +185,14 @@ impl Tierkeep {
             // An unreachable zone is left as the catalog has it: nothing in it is marked
             // missing, and no move into it is finished now. One that is known to be down
             // is not even asked until its next probe.
+            // A remote zone gets a quick probe first: a server that is down or hangs costs
+            // its few seconds, not a listing's retries.
+            let remote = store.staging_dir().is_none();
             let listing = match self.zone_available(catalog, zone, now).await {
+                Ok(()) if remote => match store.check().await {
+                    Ok(()) => store.list().await.map_err(OpsError::from),
+                    Err(e) => Err(OpsError::from(e)),
+                },
                 Ok(()) => store.list().await.map_err(OpsError::from),
                 Err(e) => Err(e),
             };
