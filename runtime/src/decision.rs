@@ -148,9 +148,9 @@ impl Rules for BuiltinRules {
 
     fn eviction(
         &self,
-        _ctx: &PolicyContext,
+        ctx: &PolicyContext,
         deletion: &[BackupView],
-        _room: Room,
+        room: Room,
     ) -> Result<Vec<String>, PolicyFault> {
         let mut v: Vec<&BackupView> = deletion.iter().collect();
         v.sort_by(|a, b| {
@@ -158,7 +158,20 @@ impl Rules for BuiltinRules {
                 .cmp(&b.created_at)
                 .then_with(|| a.id.cmp(&b.id))
         });
-        Ok(v.into_iter().map(|b| b.id.to_string()).collect())
+        // The earliest first, as many as make room (all of them if even that does not).
+        let capacity = ctx.zone(Zone::Deletion).capacity;
+        let mut count = deletion.len() as u64;
+        let mut bytes: u64 = deletion.iter().map(|b| b.size_bytes).sum();
+        let mut out = Vec::new();
+        for b in v {
+            if fits(capacity, room, count, bytes) {
+                break;
+            }
+            count -= 1;
+            bytes -= b.size_bytes;
+            out.push(b.id.to_string());
+        }
+        Ok(out)
     }
 }
 
@@ -185,10 +198,21 @@ pub fn check_interval(ms: u64) -> Result<Duration, PolicyFault> {
 }
 
 fn pick(answer: &[String], given: &[BackupView], what: &str) -> Result<Vec<BackupId>, PolicyFault> {
+    if answer.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A short answer (the usual one: what makes room) is looked up directly; a long one
+    // through an index, so that checking stays linear in the number of backups.
+    let index: Option<std::collections::HashMap<&str, &BackupView>> =
+        (answer.len() > 8).then(|| given.iter().map(|b| (b.id.as_str(), b)).collect());
+    let find = |id: &str| match &index {
+        Some(map) => map.get(id).copied(),
+        None => given.iter().find(|b| b.id.as_str() == id),
+    };
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(answer.len());
     for id in answer {
-        let Some(b) = given.iter().find(|b| b.id.as_str() == id) else {
+        let Some(b) = find(id) else {
             return Err(PolicyFault::BadAnswer(format!(
                 "{what}: `{id}` is not one of the {} backups it was given",
                 given.len()
@@ -212,6 +236,14 @@ pub fn check_aging(
     pick(answer, black_box, "aging")
 }
 
+/// Whether `room` fits in a zone of `capacity` holding `count` backups of `bytes`.
+fn fits(capacity: Capacity, room: Room, count: u64, bytes: u64) -> bool {
+    count + room.backups <= capacity.max_backups
+        && capacity
+            .max_bytes
+            .is_none_or(|max| bytes.saturating_add(room.bytes) <= max)
+}
+
 /// Checks an eviction answer and returns the prefix to evict so that `room` fits in
 /// `capacity`.
 pub fn check_eviction(
@@ -223,21 +255,23 @@ pub fn check_eviction(
     let order = pick(answer, deletion, "eviction")?;
     let mut count = deletion.len() as u64;
     let mut bytes: u64 = deletion.iter().map(|b| b.size_bytes).sum();
-    let fits = |count: u64, bytes: u64| {
-        count + room.backups <= capacity.max_backups
-            && capacity
-                .max_bytes
-                .is_none_or(|max| bytes.saturating_add(room.bytes) <= max)
+    let fits = |count: u64, bytes: u64| fits(capacity, room, count, bytes);
+    let sizes: std::collections::HashMap<&BackupId, u64> = if order.len() > 8 {
+        deletion.iter().map(|b| (&b.id, b.size_bytes)).collect()
+    } else {
+        Default::default()
     };
     let mut out = Vec::new();
     for id in order {
         if fits(count, bytes) {
             break;
         }
-        let size = deletion
-            .iter()
-            .find(|b| b.id == id)
-            .map_or(0, |b| b.size_bytes);
+        let size = sizes.get(&id).copied().unwrap_or_else(|| {
+            deletion
+                .iter()
+                .find(|b| b.id == id)
+                .map_or(0, |b| b.size_bytes)
+        });
         count -= 1;
         bytes -= size;
         out.push(id);

@@ -79,18 +79,48 @@ pub trait Policy {
     }
 
     /// Deletion-zone backups in eviction order; the host evicts from the front until
-    /// `room` fits. Default: the earliest first.
+    /// `room` fits (a longer list is fine: the rest is not evicted). Default: the earliest
+    /// first, as many as make room ([`enough_to_make_room`]).
     fn eviction(
-        _ctx: &Context,
+        ctx: &Context,
         _settings: &Self::Settings,
         deletion: &[Backup],
-        _room: Room,
+        room: Room,
     ) -> Vec<String> {
-        oldest_first(deletion)
-            .into_iter()
-            .map(|b| b.id.clone())
-            .collect()
+        enough_to_make_room(ctx, deletion, oldest_first(deletion), room)
     }
+}
+
+/// The front of `order` that the host would evict to make `room` in the deletion zone
+/// holding `deletion` (its capacity from `ctx`): returning only that much keeps a
+/// decision over a large zone cheap. All of `order` if even that does not make room.
+pub fn enough_to_make_room(
+    ctx: &Context,
+    deletion: &[Backup],
+    order: Vec<&Backup>,
+    room: Room,
+) -> Vec<String> {
+    let Some(cap) = zone(ctx, Zone::Deletion) else {
+        return order.into_iter().map(|b| b.id.clone()).collect();
+    };
+    let mut count = deletion.len() as u64;
+    let mut bytes: u64 = deletion.iter().map(|b| b.size_bytes).sum();
+    let fits = |count: u64, bytes: u64| {
+        count + room.backups <= cap.max_backups
+            && cap
+                .max_bytes
+                .is_none_or(|max| bytes.saturating_add(room.bytes) <= max)
+    };
+    let mut out = Vec::new();
+    for b in order {
+        if fits(count, bytes) {
+            break;
+        }
+        count = count.saturating_sub(1);
+        bytes = bytes.saturating_sub(b.size_bytes);
+        out.push(b.id.clone());
+    }
+    out
 }
 
 /// The built-in aging rule: backups in the black box for T2 or longer, oldest first.

@@ -99,8 +99,22 @@ fn shipped_components_decide_by_their_tables() {
         Ok(vec![bb[0].id.to_string(), bb[1].id.to_string()])
     );
     let del = [backup(WED + 2 * H, 5), backup(WED, 4), backup(WED + H, 6)];
+    // A zone with room: nothing named. A zone of 3 needing room for one: the earliest.
+    // A zone of 1: all three, earliest first (the SDK names only what makes room).
+    assert_eq!(p.eviction(&c, &del, Room::default()), Ok(vec![]));
+    let one = Room {
+        backups: 1,
+        bytes: 0,
+    };
+    let mut full = c.clone();
+    full.zones[1].capacity.max_backups = 3;
     assert_eq!(
-        p.eviction(&c, &del, Room::default()),
+        p.eviction(&full, &del, one),
+        Ok(vec![del[1].id.to_string()])
+    );
+    full.zones[1].capacity.max_backups = 1;
+    assert_eq!(
+        p.eviction(&full, &del, one),
         Ok(vec![
             del[1].id.to_string(),
             del[2].id.to_string(),

@@ -47,8 +47,18 @@ mod tests {
             backup(NOW - 90 * h),
             backup(NOW - 70 * h),
         ];
+        // Room for one more in a zone of 30 holding 3: nothing to evict.
+        assert!(eviction::<DefaultRules>(&ctx, &del, 1).is_empty());
+        // A zone of 3: the earliest goes; a zone of 1: all three, earliest first.
+        let mut full = ctx.clone();
+        full.zones[1].max_backups = 3;
         assert_eq!(
-            eviction::<DefaultRules>(&ctx, &del, 1),
+            eviction::<DefaultRules>(&full, &del, 1),
+            vec![del[1].id.clone()]
+        );
+        full.zones[1].max_backups = 1;
+        assert_eq!(
+            eviction::<DefaultRules>(&full, &del, 1),
             vec![del[1].id.clone(), del[2].id.clone(), del[0].id.clone()]
         );
     }
