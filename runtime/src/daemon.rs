@@ -281,6 +281,28 @@ impl Daemon {
             grace = %crate::domain::format_duration(grace),
             "tierkeep daemon started"
         );
+        // Said at start, and never in the way of scheduled work: the daemon takes no
+        // manual backups, but an operator's next one would be refused.
+        let tk = self.tk.clone();
+        tokio::spawn(async move {
+            match tk.check_object_lock().await {
+                Ok(()) => {}
+                Err(
+                    e @ crate::ops::OpsError::Store(crate::store::StoreError::NoObjectLock {
+                        ..
+                    }),
+                ) => {
+                    tracing::error!(
+                        "{e}; scheduled work goes on, but every `tierkeep backup --manual` is \
+                         refused until this is fixed"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    "could not check S3 Object Lock on the reserved zone at start ({e}); manual \
+                     backups check it before writing"
+                ),
+            }
+        });
         let mut ended = Ended::Clean;
         let mut last_recovery: Option<std::time::Instant> = None;
         let mut first = true;

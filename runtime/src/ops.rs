@@ -125,7 +125,8 @@ impl OpsError {
     pub fn exit_code(&self) -> u8 {
         match self {
             OpsError::ZoneFull { .. } | OpsError::NotFound(_) | OpsError::NoRoom { .. } => 3,
-            OpsError::Store(StoreError::NotFound { .. }) => 3,
+            OpsError::Store(StoreError::NotFound { .. } | StoreError::Locked { .. }) => 3,
+            OpsError::Store(StoreError::NoObjectLock { .. }) => 2,
             OpsError::Archive(ArchiveError::TargetNotEmpty(_)) => 3,
             OpsError::Archive(ArchiveError::PathNotInBackup(_)) => 3,
             OpsError::Ambiguous(..) | OpsError::Usage(_) => 2,
@@ -757,6 +758,15 @@ impl Tierkeep {
         };
         self.zone_outcome(catalog, zone, now, checked.as_ref().err());
         checked?;
+        // A manual backup that the configuration says is locked is not written into a
+        // bucket that cannot lock it.
+        if kind == BackupKind::Manual
+            && let Err(e) = store.check_lock().await
+        {
+            let err = OpsError::from(e);
+            catalog.note(now, "refused", Some(zone), &err.to_string())?;
+            return Err(err);
+        }
 
         let mut random = [0u8; 8];
         getrandom::fill(&mut random).map_err(|e| OpsError::Internal(e.to_string()))?;
@@ -1251,7 +1261,14 @@ impl Tierkeep {
         Ok(result?)
     }
 
-    /// An operator's explicit delete, from any zone.
+    /// Checks that the reserved zone can lock new manual backups as configured
+    /// (`zones.reserved.lock_retention` needs a bucket with S3 Object Lock enabled).
+    pub async fn check_object_lock(&self) -> Result<(), OpsError> {
+        Ok(self.store(Zone::Reserved).check_lock().await?)
+    }
+
+    /// An operator's explicit delete, from any zone. A backup under S3 Object Lock is
+    /// refused ([`StoreError::Locked`], exit 3) with the bucket and the catalog unchanged.
     pub async fn delete(&self, id: &str, now: OffsetDateTime) -> Result<Record, OpsError> {
         let _lock = self.lock().await?;
         let mut catalog = self.catalog()?;

@@ -501,3 +501,217 @@ fn wrong_credentials_and_missing_buckets_are_explained() {
         "{err}"
     );
 }
+
+// S3 Object Lock in the reserved zone, against moto's standalone server (an emulator
+// that enforces Object Lock; Garage and s3s-fs have none). Without a moto server
+// (`TIERKEEP_TEST_MOTO`, or `moto_server` on PATH) these tests say so and pass.
+
+/// The moto server, or `None` after saying the test does not apply.
+fn moto() -> Option<&'static s3::S3> {
+    let server = s3::moto();
+    if server.is_none() {
+        eprintln!(
+            "not applicable: no moto server (set TIERKEEP_TEST_MOTO or put moto_server on PATH)"
+        );
+    }
+    server
+}
+
+/// A host whose reserved zone is `reserved` on `server` (`extra` goes into its table).
+fn reserved_host(server: &s3::S3, reserved: &str, extra: &str) -> Host {
+    let deletion = server.bucket("tk-deletion");
+    let mut host = Host::new(&format!(
+        "{}[zones.deletion]\nurl = \"s3://{deletion}\"\n\
+         [zones.reserved]\nurl = \"s3://{reserved}\"\n{extra}\n",
+        server.config_section(),
+    ));
+    host.env = server.env();
+    host
+}
+
+/// The versions of a backup's two objects in a bucket listing.
+fn version_of<'a>(versions: &'a [(String, String, bool)], id: &str, name: &str) -> &'a str {
+    versions
+        .iter()
+        .find(|(k, _, marker)| !marker && k.ends_with(&format!("{id}/{name}")))
+        .map(|(_, v, _)| v.as_str())
+        .unwrap_or_else(|| panic!("no version of {id}/{name} in {versions:?}"))
+}
+
+#[test]
+fn a_locked_manual_backup_is_neither_deleted_nor_overwritten_nor_lost() {
+    let Some(server) = moto() else { return };
+    let reserved = server.locked_bucket("tk-locked");
+    let host = reserved_host(server, &reserved, "lock_retention = \"1d\"");
+    make_tree(&host.src());
+    host.ok(&["config", "check"]);
+    let m = host.backup(&["--manual", "--label", "locked"]);
+    let id = id(&m);
+    let before = server.versions(&reserved);
+    assert_eq!(before.len(), 2, "archive and manifest: {before:?}");
+    let archive_version = version_of(&before, &id, "archive.tar.zst").to_owned();
+    let archive_key = format!("test-host/{id}/archive.tar.zst");
+    let until = server
+        .retain_until(&reserved, &archive_key, &archive_version)
+        .expect("the archive has a retention");
+
+    // (a) tierkeep delete refuses (exit 3), naming the date the retention ends, and
+    // changes nothing: neither the bucket nor the catalog.
+    let err = host.fails(&["delete", &id, "--yes"], 3);
+    assert!(err.contains("Object Lock"), "{err}");
+    assert!(err.contains("COMPLIANCE"), "{err}");
+    // The date named is when the last retention ends (the manifest's, set just after
+    // the archive's), to the second, rounded up.
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let named = err
+        .split("until ")
+        .nth(1)
+        .and_then(|rest| rest.split([';', ' ', ',']).next())
+        .and_then(|t| time::OffsetDateTime::parse(t, rfc3339).ok())
+        .unwrap_or_else(|| panic!("no date after `until`: {err}"));
+    let archive_until = time::OffsetDateTime::parse(&until, rfc3339).expect("date");
+    let after = named - archive_until;
+    assert!(
+        after >= time::Duration::ZERO && after < time::Duration::seconds(5),
+        "names the end of the retention ({until}): {err}"
+    );
+    let in_a_day = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    assert!(
+        (in_a_day - named).abs() < time::Duration::minutes(1),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(
+        server.versions(&reserved),
+        before,
+        "no version removed or hidden"
+    );
+    assert_eq!(
+        ids(&host, "reserved"),
+        vec![id.clone()],
+        "the catalog keeps it"
+    );
+    let trail = host.ok(&["catalog", "history", &id]);
+    assert!(!trail.contains("deleted"), "{trail}");
+
+    // (b) A raw DeleteObject of the archive's version, with the host's own keys, is
+    // refused by the server itself.
+    let raw = server
+        .delete_version(&reserved, &archive_key, &archive_version)
+        .expect_err("the server must refuse to delete a locked version");
+    assert!(raw.contains("AccessDenied"), "{raw}");
+
+    // (c) Overwriting only adds a version: the locked one stays, and restores.
+    let garbage = server.put(&reserved, &archive_key, b"not an archive".to_vec());
+    assert_ne!(garbage, archive_version);
+    let after = server.versions(&reserved);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.iter().any(|(_, v, _)| *v == archive_version));
+    let kept = server.get_version(&reserved, &archive_key, &archive_version);
+    let file = host.root().join("locked.tar.zst");
+    fs::write(&file, &kept).expect("write");
+    assert_eq!(
+        support::sha256_file(&file),
+        m["archive_sha256"].as_str().expect("sha256"),
+        "the locked version is the archive the manifest describes"
+    );
+    let target = host.root().join("from-locked-version");
+    support::untar_with_standard_tools(&file, &target);
+    assert_same_tree(&host.src(), &target.join(entry_of(&host.src())));
+    // tierkeep sees the overwrite (the current object no longer matches)...
+    host.fails(&["verify", &id], 1);
+    // ...still refuses to delete (the locked version is older than the current one)...
+    let err = host.fails(&["delete", &id, "--yes"], 3);
+    assert!(err.contains("Object Lock"), "{err}");
+    // ...and once the unlocked overwrite is removed, the backup restores bit-identical.
+    server
+        .delete_version(&reserved, &archive_key, &garbage)
+        .expect("the overwrite has no lock");
+    host.ok(&["verify", &id]);
+    host.restore_and_compare(&id);
+    assert_eq!(server.versions(&reserved), before);
+}
+
+#[test]
+fn an_unlocked_backup_on_a_versioned_bucket_is_deleted_for_real() {
+    let Some(server) = moto() else { return };
+    // Object Lock (and so versioning) on the bucket, but no retention configured.
+    let reserved = server.locked_bucket("tk-versioned");
+    let host = reserved_host(server, &reserved, "");
+    fs::write(host.src().join("f"), b"unlocked").expect("write");
+    let m = host.backup(&["--manual"]);
+    let id = id(&m);
+    // An older version of the manifest too: every version must go.
+    let manifest_key = format!("test-host/{id}/manifest.json");
+    let current = server.versions(&reserved);
+    let manifest_version = version_of(&current, &id, "manifest.json").to_owned();
+    let bytes = server.get_version(&reserved, &manifest_key, &manifest_version);
+    server.put(&reserved, &manifest_key, bytes);
+    assert_eq!(server.versions(&reserved).len(), 3);
+    let out = host.ok(&["delete", &id, "--yes"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert_eq!(
+        server.versions(&reserved),
+        vec![],
+        "no version and no delete marker left"
+    );
+    assert!(ids(&host, "reserved").is_empty());
+}
+
+/// `config check`, a manual backup and the daemon's start, with `lock_retention` set on
+/// a bucket of `server` that has no Object Lock.
+fn lock_retention_without_object_lock(server: &s3::S3) {
+    let reserved = server.bucket("tk-nolock");
+    let host = reserved_host(server, &reserved, "lock_retention = \"1d\"");
+    fs::write(host.src().join("f"), b"x").expect("write");
+    let err = host.fails(&["config", "check"], 2);
+    assert!(
+        err.contains(&format!(
+            "bucket `{reserved}` has no S3 Object Lock enabled"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("lock_retention"), "{err}");
+    // A manual backup is refused before anything is written (exit 2: configuration).
+    let err = host.fails(&["backup", "--manual"], 2);
+    assert!(err.contains("has no S3 Object Lock enabled"), "{err}");
+    assert_eq!(
+        server.keys(&reserved),
+        Vec::<String>::new(),
+        "nothing written"
+    );
+    assert!(ids(&host, "reserved").is_empty());
+    // Scheduled backups do not need the reserved zone.
+    host.backup(&[]);
+    // The daemon says so at start, and runs on.
+    let mut child = host
+        .std_cmd(&["run", "--metrics-addr", "off"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let stderr = child.stderr.take().expect("stderr");
+    let said = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .take(200)
+        .find(|l| l.contains("has no S3 Object Lock enabled"));
+    let _ = sigterm(child.id());
+    let status = child.wait().expect("wait");
+    let line = said.expect("the daemon names the problem at start");
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(status.success(), "a SIGTERM stops it cleanly: {status:?}");
+}
+
+/// Sends SIGTERM to a process this test started.
+fn sigterm(pid: u32) -> std::io::Result<std::process::ExitStatus> {
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+}
+
+#[test]
+fn lock_retention_on_a_bucket_without_object_lock_is_refused_clearly() {
+    lock_retention_without_object_lock(s3::shared());
+    if let Some(server) = moto() {
+        lock_retention_without_object_lock(server);
+    }
+}

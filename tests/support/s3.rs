@@ -27,6 +27,9 @@ pub enum Kind {
     MinioDocker,
     Garage,
     InProcess,
+    /// moto's standalone server: an emulator, used for what the others lack (S3 Object
+    /// Lock is enforced there).
+    Moto,
 }
 
 /// A running S3 server.
@@ -46,6 +49,11 @@ enum Inner {
         child: Option<Child>,
         bin: PathBuf,
         config: PathBuf,
+        _dir: tempfile::TempDir,
+    },
+    Moto {
+        child: Child,
+        pidfile: PathBuf,
         _dir: tempfile::TempDir,
     },
     InProcess {
@@ -298,6 +306,68 @@ pub fn start_garage(bin: PathBuf) -> S3 {
     }
 }
 
+/// moto's standalone server (`TIERKEEP_TEST_MOTO`, or `moto_server` on `PATH`).
+pub fn find_moto() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("TIERKEEP_TEST_MOTO") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("moto_server"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A moto server for this test binary, started on first use; `None` (the caller says
+/// "not applicable") when no moto server is installed.
+pub fn moto() -> Option<&'static S3> {
+    static MOTO: OnceLock<Option<S3>> = OnceLock::new();
+    MOTO.get_or_init(|| find_moto().map(start_moto)).as_ref()
+}
+
+fn start_moto(bin: PathBuf) -> S3 {
+    let dir = tempfile::Builder::new()
+        .prefix("tierkeep-moto-")
+        .tempdir()
+        .expect("tempdir");
+    let port = free_port();
+    let pidfile = dir.path().join("moto.pid");
+    let log = std::fs::File::create(dir.path().join("moto.log")).expect("moto log");
+    // The same watchdog as Garage's: the server goes when this test process does.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "\"$0\" -H 127.0.0.1 -p \"$1\" & g=$!; echo $g > \"$2\"; \
+             while kill -0 \"$3\" 2>/dev/null && kill -0 $g 2>/dev/null; do sleep 1; done; \
+             kill $g 2>/dev/null; wait $g",
+        )
+        .arg(&bin)
+        .arg(port.to_string())
+        .arg(&pidfile)
+        .arg(std::process::id().to_string())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start moto_server");
+    wait_for_port(port, "moto_server");
+    eprintln!(
+        "S3 fixture: moto server ({}, an emulator) on 127.0.0.1:{port}",
+        bin.display()
+    );
+    S3 {
+        kind: Kind::Moto,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        region: "us-east-1".into(),
+        access_key: "tierkeep-moto".into(),
+        secret_key: random_hex(16),
+        inner: Mutex::new(Inner::Moto {
+            child,
+            pidfile,
+            _dir: dir,
+        }),
+    }
+}
+
 const IN_PROCESS_KEY: &str = "tierkeep-test";
 
 async fn serve_s3s(listener: tokio::net::TcpListener, root: PathBuf, secret: String) {
@@ -418,6 +488,133 @@ impl S3 {
                 })
         });
         name
+    }
+
+    /// Creates a bucket with S3 Object Lock enabled (and so versioning); returns its name.
+    pub fn locked_bucket(&self, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", random_hex(6));
+        let client = self.client();
+        self.block_on(async {
+            client
+                .create_bucket()
+                .bucket(&name)
+                .object_lock_enabled_for_bucket(true)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "create bucket {name} with Object Lock: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    )
+                })
+        });
+        name
+    }
+
+    /// Every object version in a bucket: (key, version id, is a delete marker), sorted.
+    pub fn versions(&self, bucket: &str) -> Vec<(String, String, bool)> {
+        let client = self.client();
+        self.block_on(async {
+            let out = client
+                .list_object_versions()
+                .bucket(bucket)
+                .send()
+                .await
+                .expect("list object versions");
+            let mut v: Vec<(String, String, bool)> = out
+                .versions()
+                .iter()
+                .map(|v| (v.key(), v.version_id(), false))
+                .chain(
+                    out.delete_markers()
+                        .iter()
+                        .map(|m| (m.key(), m.version_id(), true)),
+                )
+                .map(|(k, id, marker)| {
+                    (
+                        k.unwrap_or_default().to_owned(),
+                        id.unwrap_or_default().to_owned(),
+                        marker,
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        })
+    }
+
+    /// The Object Lock retention end of a version, as the server reports it (RFC 3339).
+    pub fn retain_until(&self, bucket: &str, key: &str, version: &str) -> Option<String> {
+        let client = self.client();
+        self.block_on(async {
+            let head = client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .version_id(version)
+                .send()
+                .await
+                .expect("head object");
+            head.object_lock_retain_until_date().map(|d| {
+                d.fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
+                    .expect("date")
+            })
+        })
+    }
+
+    /// A raw DeleteObject of one version, as any client holding the keys could send it.
+    pub fn delete_version(&self, bucket: &str, key: &str, version: &str) -> Result<(), String> {
+        let client = self.client();
+        self.block_on(async {
+            client
+                .delete_object()
+                .bucket(bucket)
+                .key(key)
+                .version_id(version)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())
+        })
+    }
+
+    /// A raw PutObject; returns the new version's id.
+    pub fn put(&self, bucket: &str, key: &str, body: Vec<u8>) -> String {
+        let client = self.client();
+        self.block_on(async {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body.into())
+                .send()
+                .await
+                .expect("put object")
+                .version_id()
+                .unwrap_or_default()
+                .to_owned()
+        })
+    }
+
+    /// The bytes of one version of an object.
+    pub fn get_version(&self, bucket: &str, key: &str, version: &str) -> Vec<u8> {
+        let client = self.client();
+        self.block_on(async {
+            let out = client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .version_id(version)
+                .send()
+                .await
+                .expect("get object version");
+            out.body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes()
+                .to_vec()
+        })
     }
 
     /// Object keys in a bucket.
@@ -550,6 +747,12 @@ impl Drop for S3 {
                     if let Some(mut c) = child.take() {
                         kill_garage(&mut c, config);
                     }
+                }
+                Inner::Moto { child, pidfile, .. } => {
+                    if let Ok(pid) = std::fs::read_to_string(pidfile) {
+                        let _ = Command::new("kill").arg(pid.trim()).status();
+                    }
+                    let _ = child.wait();
                 }
                 _ => {}
             }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use tierkeep::config::{ConfigError, Settings, provenance};
+use tierkeep::domain::Zone;
 use tierkeep::policy::{self, Source, WasmPolicy};
+use tierkeep::store::{self, StoreError};
 
 use super::{Global, print_json};
 
@@ -60,6 +62,9 @@ pub async fn run(g: &Global, c: ConfigCommand) -> Result<ExitCode> {
             for w in &loaded.settings.warnings {
                 outln!("warning: {w}");
             }
+            if let Some(w) = check_object_lock(&loaded.settings).await? {
+                outln!("warning: {w}");
+            }
             outln!("policy: {policy}");
             outln!(
                 "configuration is valid{}",
@@ -73,6 +78,34 @@ pub async fn run(g: &Global, c: ConfigCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `zones.reserved.lock_retention` set, asks the reserved bucket whether it has S3
+/// Object Lock enabled: a bucket without it is a configuration error (manual backups
+/// would be refused); a server that cannot be asked now is only a warning.
+async fn check_object_lock(settings: &Settings) -> Result<Option<String>, ConfigError> {
+    let zone = settings.zone(Zone::Reserved);
+    if zone.lock_retention.is_none() {
+        return Ok(None);
+    }
+    let problem = |p: String| ConfigError {
+        origin: settings
+            .file
+            .as_ref()
+            .map(|f| format!(" ({})", f.display()))
+            .unwrap_or_default(),
+        problems: vec![p],
+    };
+    let store = store::open(&zone.url, &settings.s3_settings(Zone::Reserved))
+        .map_err(|e| problem(e.to_string()))?;
+    match store.check_lock().await {
+        Ok(()) => Ok(None),
+        Err(e @ StoreError::NoObjectLock { .. }) => Err(problem(e.to_string())),
+        Err(e) => Ok(Some(format!(
+            "zones.reserved.lock_retention: could not ask the reserved bucket whether it has \
+             S3 Object Lock enabled ({e}); manual backups check it again before writing"
+        ))),
+    }
 }
 
 /// Loads the configured policy as `run` would (resolve the file, compile it, `describe`,

@@ -136,6 +136,38 @@ pub enum StoreError {
         /// Whether retrying may help.
         retry: Retry,
     },
+    /// The backup is protected by S3 Object Lock (a retention that has not ended, or a
+    /// legal hold): it cannot be deleted, and nothing was deleted.
+    #[error(
+        "refused: backup {key} in zone {zone} is under S3 Object Lock {until}; {detail}. \
+         Nobody can delete it before then, this host included"
+    )]
+    Locked {
+        /// The zone's URL.
+        zone: String,
+        /// The backup.
+        key: BackupKey,
+        /// When the protection ends, in words (`until 2026-12-02T22:20:16Z`).
+        until: String,
+        /// What is locked, what the server said, and what was changed (nothing, unless
+        /// the server refused midway).
+        detail: String,
+    },
+    /// `lock_retention` is configured but the bucket cannot lock objects.
+    #[error(
+        "zone {zone}: zones.reserved.lock_retention is set, but bucket `{bucket}` has no \
+         S3 Object Lock enabled ({reason}); manual backups would not be protected. Use a \
+         bucket created with Object Lock (`mc mb --with-lock`, `aws s3api create-bucket \
+         --object-lock-enabled-for-bucket`), or remove zones.reserved.lock_retention"
+    )]
+    NoObjectLock {
+        /// The zone's URL.
+        zone: String,
+        /// The bucket.
+        bucket: String,
+        /// What the server answered.
+        reason: String,
+    },
     /// The zone URL or its settings cannot be used.
     #[error("{0}")]
     Unsupported(String),
@@ -204,8 +236,16 @@ pub trait ZoneStore: Send + Sync + fmt::Debug {
     ) -> Result<(), StoreError>;
 
     /// Deletes a backup: the manifest first (so a crash leaves an incomplete upload, never
-    /// a half-deleted backup that looks whole), then the archive.
+    /// a half-deleted backup that looks whole), then the archive. A backup that the zone
+    /// protects (S3 Object Lock) is refused with [`StoreError::Locked`] before anything is
+    /// deleted; on a versioned bucket every version goes, so a deleted backup is gone.
     async fn delete(&self, key: &BackupKey) -> Result<(), StoreError>;
+
+    /// Checks that the zone can protect new manual backups as configured (S3 Object Lock
+    /// when `lock_retention` is set): [`StoreError::NoObjectLock`] when it cannot.
+    async fn check_lock(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Removes an incomplete backup folder (an archive without a manifest, temp files).
     async fn remove_incomplete(&self, key: &BackupKey) -> Result<(), StoreError>;

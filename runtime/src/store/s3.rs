@@ -718,7 +718,155 @@ impl S3Store {
     }
 }
 
+/// One stored version of an object (the current object on a bucket without versions).
+#[derive(Debug)]
+struct Version {
+    object: String,
+    /// `None` for the only version of an object on an unversioned bucket.
+    version_id: Option<String>,
+    delete_marker: bool,
+}
+
+/// What protects one object version from deletion.
+#[derive(Debug)]
+struct Lock {
+    /// The retention's mode (`COMPLIANCE`, `GOVERNANCE`) and end, when it has not ended.
+    retention: Option<(String, aws_sdk_s3::primitives::DateTime)>,
+    legal_hold: bool,
+}
+
 impl S3Store {
+    /// Every version of every object under `prefix` (delete markers included), or `None`
+    /// when the server has no versioning API (then each key has one version).
+    async fn list_versions(&self, prefix: &str) -> Result<Option<Vec<Version>>, StoreError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let page = match self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+            {
+                Ok(p) => p,
+                Err(e) if is_unimplemented(&e) => return Ok(None),
+                Err(e) => return Err(self.err("list versions", prefix, e)),
+            };
+            // "null" is the version of an object written while versioning was off.
+            let id = |v: Option<&str>| v.filter(|v| *v != "null").map(str::to_owned);
+            for v in page.versions() {
+                if let Some(k) = v.key() {
+                    out.push(Version {
+                        object: k.to_owned(),
+                        version_id: id(v.version_id()),
+                        delete_marker: false,
+                    });
+                }
+            }
+            for m in page.delete_markers() {
+                if let Some(k) = m.key() {
+                    out.push(Version {
+                        object: k.to_owned(),
+                        version_id: id(m.version_id()),
+                        delete_marker: true,
+                    });
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(Some(out));
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            version_marker = page.next_version_id_marker().map(str::to_owned);
+            if key_marker.is_none() && version_marker.is_none() {
+                return Ok(Some(out));
+            }
+        }
+    }
+
+    /// What protects `object` (that version of it) from deletion now, if anything: an
+    /// Object Lock retention that has not ended, or a legal hold.
+    async fn lock_of(
+        &self,
+        object: &str,
+        version: Option<&str>,
+    ) -> Result<Option<Lock>, StoreError> {
+        let head = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .set_version_id(version.map(str::to_owned))
+            .send()
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if is_404(&e) => return Ok(None),
+            Err(e) => return Err(self.err("head", object, e)),
+        };
+        let now = aws_sdk_s3::primitives::DateTime::from(std::time::SystemTime::now());
+        let retention = head
+            .object_lock_retain_until_date()
+            .filter(|until| **until > now)
+            .map(|until| {
+                let mode = head
+                    .object_lock_mode()
+                    .map_or_else(|| "retention".to_owned(), |m| m.as_str().to_owned());
+                (mode, *until)
+            });
+        let legal_hold = head.object_lock_legal_hold_status()
+            == Some(&aws_sdk_s3::types::ObjectLockLegalHoldStatus::On);
+        Ok((retention.is_some() || legal_hold).then_some(Lock {
+            retention,
+            legal_hold,
+        }))
+    }
+
+    /// The refusal to delete `key` while `locks` protect its objects.
+    fn locked(&self, key: &BackupKey, locks: &[(String, Lock)]) -> StoreError {
+        let last = locks
+            .iter()
+            .filter_map(|(_, l)| l.retention.as_ref().map(|r| r.1))
+            .max();
+        let held = locks.iter().any(|(_, l)| l.legal_hold);
+        let until = match (last, held) {
+            (Some(t), false) => format!("until {}", until_text(&t)),
+            (Some(t), true) => format!(
+                "until {} (retention), and by a legal hold until it is lifted",
+                until_text(&t)
+            ),
+            (None, _) => "(a legal hold, until it is lifted)".to_owned(),
+        };
+        let mut what: Vec<String> = Vec::new();
+        for (object, lock) in locks {
+            let name = object.rsplit('/').next().unwrap_or(object);
+            let how = match (&lock.retention, lock.legal_hold) {
+                (Some((mode, t)), false) => format!("{mode} retention until {}", until_text(t)),
+                (Some((mode, t)), true) => {
+                    format!("{mode} retention until {} and a legal hold", until_text(t))
+                }
+                (None, _) => "a legal hold".to_owned(),
+            };
+            let line = format!("{name}: {how}");
+            if !what.contains(&line) {
+                what.push(line);
+            }
+        }
+        StoreError::Locked {
+            zone: self.url.clone(),
+            key: key.clone(),
+            until,
+            detail: format!(
+                "{} ({} object versions); nothing was changed",
+                what.join(", "),
+                locks.len()
+            ),
+        }
+    }
+
     /// Puts an S3 Object Lock retention (compliance mode) on `object`: until it ends,
     /// nobody, this host included, can delete or overwrite that version.
     async fn retain(&self, object: &str, retention: Duration) -> Result<(), StoreError> {
@@ -776,6 +924,32 @@ where
         cur = err.source();
     }
     parts.join(": ")
+}
+
+/// The HTTP status of a service error.
+fn status_of<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
+    match e {
+        SdkError::ServiceError(ctx) => Some(ctx.raw().status().as_u16()),
+        _ => None,
+    }
+}
+
+/// Whether the server refused the request (HTTP 403 or an AccessDenied code).
+fn is_denied<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    status_of(e) == Some(403) || e.code() == Some("AccessDenied")
+}
+
+/// Whether the server does not implement the request (HTTP 501, `NotImplemented`).
+fn is_unimplemented<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    status_of(e) == Some(501) || e.code() == Some("NotImplemented")
+}
+
+/// A time as RFC 3339 in whole seconds, rounded up (a retention never looks shorter).
+fn until_text(t: &aws_sdk_s3::primitives::DateTime) -> String {
+    let secs = t.secs() + i64::from(t.subsec_nanos() > 0);
+    aws_sdk_s3::primitives::DateTime::from_secs(secs)
+        .fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
+        .unwrap_or_else(|_| format!("{secs} s after the epoch"))
 }
 
 fn is_404<E>(e: &SdkError<E, HttpResponse>) -> bool {
@@ -993,9 +1167,121 @@ impl ZoneStore for S3Store {
         if self.get_manifest(key).await?.is_none() {
             return Err(self.not_found(key));
         }
-        self.delete_object(&self.object(key, MANIFEST_NAME)).await?;
-        self.delete_object(&self.object(key, ARCHIVE_NAME)).await?;
+        let folder = self.object(key, "");
+        // Every version on a versioned bucket (deleting only the current ones would add
+        // delete markers and leave the data behind); the two current objects elsewhere.
+        let mut versions = match self.list_versions(&folder).await? {
+            Some(v) => v,
+            None => [MANIFEST_NAME, ARCHIVE_NAME]
+                .into_iter()
+                .map(|name| Version {
+                    object: self.object(key, name),
+                    version_id: None,
+                    delete_marker: false,
+                })
+                .collect(),
+        };
+        // Nothing is deleted while any version is still protected.
+        let mut locks = Vec::new();
+        for v in versions.iter().filter(|v| !v.delete_marker) {
+            if let Some(lock) = self.lock_of(&v.object, v.version_id.as_deref()).await? {
+                locks.push((v.object.clone(), lock));
+            }
+        }
+        if !locks.is_empty() {
+            return Err(self.locked(key, &locks));
+        }
+        // The manifest's versions first: a crash midway leaves an incomplete upload.
+        versions.sort_by_key(|v| !v.object.ends_with(MANIFEST_NAME));
+        let mut removed = 0usize;
+        for v in &versions {
+            match self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&v.object)
+                .set_version_id(v.version_id.clone())
+                .send()
+                .await
+            {
+                Ok(_) => removed += 1,
+                Err(e) if e.code() == Some("NoSuchKey") || is_404(&e) => {}
+                // A version the server will not delete is protected by Object Lock (the
+                // check above saw no lock: a server that does not report it, or a lock
+                // set since): the same refusal, never "deleted".
+                Err(e) if v.version_id.is_some() && is_denied(&e) => {
+                    let said = describe(&e, status_of(&e), e.code());
+                    return Err(StoreError::Locked {
+                        zone: self.url.clone(),
+                        key: key.clone(),
+                        until: "(the server refused to delete a version)".into(),
+                        detail: format!(
+                            "the server would not delete version {} of {} ({said}): a \
+                             retention or legal hold protects it, or the key may not delete \
+                             object versions (s3:DeleteObjectVersion); {}",
+                            v.version_id.as_deref().unwrap_or("?"),
+                            v.object,
+                            if removed == 0 {
+                                "nothing was changed".to_owned()
+                            } else {
+                                format!(
+                                    "{removed} other object versions (the manifest's first) \
+                                     had been removed before; the catalog still lists the backup"
+                                )
+                            }
+                        ),
+                    });
+                }
+                Err(e) => return Err(self.err("delete", &v.object, e)),
+            }
+        }
         self.abort_uploads(key).await
+    }
+
+    async fn check_lock(&self) -> Result<(), StoreError> {
+        if self.lock_retention.is_none() {
+            return Ok(());
+        }
+        let no_lock = |reason: String| StoreError::NoObjectLock {
+            zone: self.url.clone(),
+            bucket: self.bucket.clone(),
+            reason,
+        };
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let enabled = out
+                    .object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled());
+                if enabled == Some(&aws_sdk_s3::types::ObjectLockEnabled::Enabled) {
+                    Ok(())
+                } else {
+                    Err(no_lock(
+                        "GetObjectLockConfiguration: Object Lock is not enabled".into(),
+                    ))
+                }
+            }
+            // The server answered, and not with a missing bucket, refused credentials or
+            // a passing fault: it has no Object Lock for this bucket (the configuration
+            // does not exist, or the server does not implement it).
+            Err(e)
+                if matches!(e, SdkError::ServiceError(_))
+                    && e.code() != Some("NoSuchBucket")
+                    && !is_denied(&e)
+                    && (status_of(&e) == Some(501) || status_of(&e).is_none_or(|s| s < 500)) =>
+            {
+                Err(no_lock(format!(
+                    "GetObjectLockConfiguration: {}",
+                    describe(&e, status_of(&e), e.code())
+                )))
+            }
+            Err(e) => Err(self.err("check object lock", &self.bucket, e)),
+        }
     }
 
     async fn abort_stale_uploads(&self, host: &str) -> Result<Vec<String>, StoreError> {
@@ -1018,5 +1304,41 @@ impl ZoneStore for S3Store {
         }
         self.delete_object(&self.object(key, ARCHIVE_NAME)).await?;
         self.abort_uploads(key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::delete_object::DeleteObjectError;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    fn service_error(status: u16, code: &str) -> SdkError<DeleteObjectError, HttpResponse> {
+        let raw = HttpResponse::new(status.try_into().expect("status code"), SdkBody::empty());
+        SdkError::service_error(
+            DeleteObjectError::generic(ErrorMetadata::builder().code(code).build()),
+            raw,
+        )
+    }
+
+    #[test]
+    fn a_refused_version_delete_is_recognised_as_a_refusal() {
+        // What an enforcing server answers for a locked version (moto, AWS, MinIO).
+        assert!(is_denied(&service_error(403, "AccessDenied")));
+        // A 403 without a code (a HEAD-style answer) too.
+        assert!(is_denied(&service_error(403, "")));
+        assert!(!is_denied(&service_error(404, "NoSuchVersion")));
+        assert!(!is_denied(&service_error(500, "InternalError")));
+        assert!(is_unimplemented(&service_error(501, "NotImplemented")));
+        assert!(!is_unimplemented(&service_error(400, "InvalidArgument")));
+    }
+
+    #[test]
+    fn retention_ends_are_named_to_the_second_rounded_up() {
+        let t = aws_sdk_s3::primitives::DateTime::from_secs_and_nanos(1_796_249_029, 1);
+        assert_eq!(until_text(&t), "2026-12-02T22:03:50Z");
+        let t = aws_sdk_s3::primitives::DateTime::from_secs(1_796_249_029);
+        assert_eq!(until_text(&t), "2026-12-02T22:03:49Z");
     }
 }
