@@ -4,7 +4,8 @@
 //! are never deleted automatically.
 //!
 //! The crate is layered: [`domain`] is the pure core (zones, ids, capacities, admission
-//! rules; the clock is passed in); [`archive`] writes and reads the tar + zstd archives;
+//! rules; the clock is passed in), with [`health`] (whether each zone answers: the
+//! circuit breaker in front of the stores) and [`decision`] (policy answers checked); [`archive`] writes and reads the tar + zstd archives;
 //! [`store`] keeps them in zones behind one async trait; [`catalog`] records every backup
 //! and its history; [`config`] loads and validates configuration; [`ops`] runs the
 //! operations the CLI offers; [`daemon`] schedules them (`tierkeep run`) and serves
