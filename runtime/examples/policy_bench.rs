@@ -31,6 +31,21 @@ fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
     median(v)
 }
 
+/// `n` scheduled backups of 1 GiB, one an hour before `now`.
+fn hourly_backups(now: OffsetDateTime, n: u64) -> Vec<BackupView> {
+    (0..n)
+        .map(|i| {
+            let at = now - Duration::from_secs(3600 * (i + 1));
+            BackupView {
+                id: BackupId::new(at, i),
+                created_at: at,
+                size_bytes: 1 << 30,
+                kind: BackupKind::Scheduled,
+            }
+        })
+        .collect()
+}
+
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "default".into());
     let path = tierkeep_policies::path(&name).expect("a built policy name");
@@ -89,17 +104,7 @@ fn main() {
     println!("bare call (new store, instantiate, interval) {bare:>10.1} µs");
     println!("eviction over N backups (median µs): wasm / native built-in");
     for n in [10u64, 1_000, 100_000] {
-        let backups: Vec<BackupView> = (0..n)
-            .map(|i| {
-                let at = now - Duration::from_secs(3600 * (i + 1));
-                BackupView {
-                    id: BackupId::new(at, i),
-                    created_at: at,
-                    size_bytes: 1 << 30,
-                    kind: BackupKind::Scheduled,
-                }
-            })
-            .collect();
+        let backups = hourly_backups(now, n);
         let c = ctx(n);
         let reps = if n >= 100_000 { 7 } else { 101 };
         let room = Room {
@@ -117,17 +122,7 @@ fn main() {
     // The same decision through the decision engine (the answer checked, the prefix
     // that makes room taken), as `tick` and the daemon ask it.
     let n = 1_000u64;
-    let backups: Vec<BackupView> = (0..n)
-        .map(|i| {
-            let at = now - Duration::from_secs(3600 * (i + 1));
-            BackupView {
-                id: BackupId::new(at, i),
-                created_at: at,
-                size_bytes: 1 << 30,
-                kind: BackupKind::Scheduled,
-            }
-        })
-        .collect();
+    let backups = hourly_backups(now, n);
     let c = ctx(n);
     let room = Room {
         backups: 1,

@@ -613,6 +613,21 @@ impl Catalog {
             .map_err(|e| self.wrap(e))
     }
 
+    /// Whether `id`'s copy is marked damaged (its last `damaged` or `verified` event is a
+    /// `damaged` one).
+    pub fn is_damaged(&self, id: &BackupId) -> Result<bool, CatalogError> {
+        self.conn
+            .query_row(
+                "SELECT kind FROM events WHERE backup_id = ?1 AND kind IN ('damaged', 'verified') \
+                 ORDER BY seq DESC LIMIT 1",
+                params![id.as_str()],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map(|k| k.as_deref() == Some("damaged"))
+            .map_err(|e| self.wrap(e))
+    }
+
     /// Present backups whose copy was found damaged (a `damaged` event not followed by a
     /// `verified` one), oldest first, each with the event that marked it.
     pub fn damaged(&self) -> Result<Vec<(Record, Event)>, CatalogError> {

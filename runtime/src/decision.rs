@@ -238,10 +238,7 @@ pub fn check_aging(
 
 /// Whether `room` fits in a zone of `capacity` holding `count` backups of `bytes`.
 fn fits(capacity: Capacity, room: Room, count: u64, bytes: u64) -> bool {
-    count + room.backups <= capacity.max_backups
-        && capacity
-            .max_bytes
-            .is_none_or(|max| bytes.saturating_add(room.bytes) <= max)
+    capacity.has_room(count, bytes, room.backups, room.bytes)
 }
 
 /// Checks an eviction answer and returns the prefix to evict so that `room` fits in

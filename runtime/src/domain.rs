@@ -264,6 +264,15 @@ impl fmt::Display for Fullness {
 }
 
 impl Capacity {
+    /// Whether `incoming` more backups of `incoming_bytes` fit beside `count` backups of
+    /// `bytes`.
+    pub fn has_room(&self, count: u64, bytes: u64, incoming: u64, incoming_bytes: u64) -> bool {
+        count + incoming <= self.max_backups
+            && self
+                .max_bytes
+                .is_none_or(|max| bytes.saturating_add(incoming_bytes) <= max)
+    }
+
     /// Decides whether one more backup fits. `expected_bytes` is a lower bound of the new
     /// archive's size when known (0 when not).
     pub fn admits(&self, usage: Usage, expected_bytes: u64) -> Result<(), Fullness> {
@@ -445,12 +454,7 @@ pub fn plan_room_around(
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut count = sorted.len() as u64;
     let mut bytes: u64 = sorted.iter().map(|b| b.size_bytes).sum();
-    let fits = |count: u64, bytes: u64| {
-        count + incoming <= capacity.max_backups
-            && capacity
-                .max_bytes
-                .is_none_or(|max| bytes.saturating_add(incoming_bytes) <= max)
-    };
+    let fits = |count, bytes| capacity.has_room(count, bytes, incoming, incoming_bytes);
     let mut out = Vec::new();
     for b in sorted {
         if fits(count, bytes) {

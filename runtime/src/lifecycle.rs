@@ -533,77 +533,68 @@ impl Tierkeep {
         now: OffsetDateTime,
         progress: &Progress,
     ) -> Result<(Vec<String>, Vec<String>), OpsError> {
-        let present = catalog.list(Some(Zone::BlackBox))?;
         let cap = self.settings.zone(Zone::BlackBox).capacity;
-        let damaged = damaged_ids(catalog)?;
-        let (plan, enough) = plan_room_around(
-            cap,
-            &views(&present),
-            &|id| damaged.contains(id),
-            incoming,
-            incoming_bytes,
-        );
         let mut aged = Vec::new();
         let mut evicted = Vec::new();
-        for id in plan {
-            let Some(rec) = present.iter().find(|r| r.id == id) else {
-                continue;
-            };
-            evicted.extend(
-                self.make_room_in_deletion(catalog, 1, rec.size_bytes, now)
-                    .await?,
+        // Planned again whenever a move finds its backup damaged: that one stays, and
+        // another ages in its place.
+        'plan: loop {
+            let present = catalog.list(Some(Zone::BlackBox))?;
+            let damaged = damaged_ids(catalog)?;
+            let (plan, enough) = plan_room_around(
+                cap,
+                &views(&present),
+                &|id| damaged.contains(id),
+                incoming,
+                incoming_bytes,
             );
-            let reason = if incoming == 0 {
-                format!(
-                    "black box over its capacity ({} of {} backups, taken under pressure): aged \
-                     to bring it back within capacity",
-                    present.len(),
-                    cap.max_backups
-                )
-            } else {
-                format!(
-                    "black box full ({} of {} backups): aged early to make room for a new backup",
-                    present.len(),
-                    cap.max_backups
-                )
-            };
-            match self
-                .move_to_deletion(catalog, rec, now, &reason, progress)
-                .await
-            {
-                Ok(()) => aged.push(id.to_string()),
-                // Found damaged now: it stays, and another backup ages in its place.
-                Err(OpsError::Damaged { .. }) => {
-                    return Box::pin(self.make_room_in_black_box(
-                        catalog,
-                        incoming,
-                        incoming_bytes,
-                        now,
-                        progress,
-                    ))
+            for id in plan {
+                let Some(rec) = present.iter().find(|r| r.id == id) else {
+                    continue;
+                };
+                evicted.extend(
+                    self.make_room_in_deletion(catalog, 1, rec.size_bytes, now)
+                        .await?,
+                );
+                let reason = if incoming == 0 {
+                    format!(
+                        "black box over its capacity ({} of {} backups, taken under pressure): \
+                         aged to bring it back within capacity",
+                        present.len(),
+                        cap.max_backups
+                    )
+                } else {
+                    format!(
+                        "black box full ({} of {} backups): aged early to make room for a new \
+                         backup",
+                        present.len(),
+                        cap.max_backups
+                    )
+                };
+                match self
+                    .move_to_deletion(catalog, rec, now, &reason, progress)
                     .await
-                    .map(|(a, e)| {
-                        aged.extend(a);
-                        evicted.extend(e);
-                        (aged, evicted)
-                    });
+                {
+                    Ok(()) => aged.push(id.to_string()),
+                    Err(OpsError::Damaged { .. }) => continue 'plan,
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
-        }
-        if !enough {
-            let stuck: Vec<&str> = present
-                .iter()
-                .filter(|r| damaged.contains(&r.id))
-                .map(|r| r.id.as_str())
-                .collect();
-            return Err(OpsError::Damaged {
-                id: stuck.join(", "),
-                zone: Zone::BlackBox,
-                reason: "the black box cannot make room: its other backups have aged out, and \
-                         damaged copies never move"
-                    .into(),
-            });
+            if !enough {
+                let stuck: Vec<&str> = present
+                    .iter()
+                    .filter(|r| damaged.contains(&r.id))
+                    .map(|r| r.id.as_str())
+                    .collect();
+                return Err(OpsError::Damaged {
+                    id: stuck.join(", "),
+                    zone: Zone::BlackBox,
+                    reason: "the black box cannot make room: its other backups have aged out, \
+                             and damaged copies never move"
+                        .into(),
+                });
+            }
+            break;
         }
         Ok((aged, evicted))
     }

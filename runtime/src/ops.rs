@@ -1188,7 +1188,7 @@ impl Tierkeep {
         error: Option<&OpsError>,
     ) -> Result<(), OpsError> {
         let mut catalog = self.catalog()?;
-        let was_damaged = catalog.damaged()?.iter().any(|(r, _)| r.id == rec.id);
+        let was_damaged = catalog.is_damaged(&rec.id)?;
         match error {
             Some(OpsError::Archive(
                 e @ (ArchiveError::Mismatch { .. }

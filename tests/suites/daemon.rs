@@ -152,6 +152,18 @@ impl Drop for Daemon {
     }
 }
 
+/// A dedicated server the test can stop (`None`, after saying so, when the fixture's
+/// server cannot be stopped).
+fn stoppable_server() -> Option<s3::S3> {
+    let server = s3::dedicated();
+    if server.can_stop() {
+        Some(server)
+    } else {
+        eprintln!("not applicable: this S3 fixture cannot be stopped by the test");
+        None
+    }
+}
+
 /// Polls `cond` until it holds; panics with `why()` after `limit`.
 fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool, why: impl Fn() -> String) {
     let end = Instant::now() + limit;
@@ -503,11 +515,9 @@ fn kill_9_at_random_moments_loses_nothing() {
 
 #[test]
 fn black_box_pressure_keeps_every_backup_and_is_loud() {
-    let server = s3::dedicated();
-    if !server.can_stop() {
-        eprintln!("this S3 fixture cannot be stopped; pressure is covered with Garage and s3s-fs");
+    let Some(server) = stoppable_server() else {
         return;
-    }
+    };
     let (host, _) = s3_host(
         &server,
         (1, 10, 2),
@@ -893,11 +903,9 @@ fn an_interrupted_cli_backup_still_runs_the_post_hook() {
 
 #[test]
 fn an_s3_outage_is_visible_and_never_holds_up_the_backups() {
-    let server = s3::dedicated();
-    if !server.can_stop() {
-        eprintln!("this S3 fixture cannot be stopped; outages are covered with Garage and s3s-fs");
+    let Some(server) = stoppable_server() else {
         return;
-    }
+    };
     let (host, _) = s3_host(
         &server,
         (2, 50, 2),

@@ -472,38 +472,28 @@ impl S3 {
 
     /// Creates a bucket with a unique name starting with `prefix`; returns its name.
     pub fn bucket(&self, prefix: &str) -> String {
-        let name = format!("{prefix}-{}", random_hex(6));
-        let client = self.client();
-        self.block_on(async {
-            client
-                .create_bucket()
-                .bucket(&name)
-                .send()
-                .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "create bucket {name}: {}",
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    )
-                })
-        });
-        name
+        self.create_bucket(prefix, false)
     }
 
     /// Creates a bucket with S3 Object Lock enabled (and so versioning); returns its name.
     pub fn locked_bucket(&self, prefix: &str) -> String {
+        self.create_bucket(prefix, true)
+    }
+
+    fn create_bucket(&self, prefix: &str, lock: bool) -> String {
         let name = format!("{prefix}-{}", random_hex(6));
         let client = self.client();
         self.block_on(async {
             client
                 .create_bucket()
                 .bucket(&name)
-                .object_lock_enabled_for_bucket(true)
+                .set_object_lock_enabled_for_bucket(lock.then_some(true))
                 .send()
                 .await
                 .unwrap_or_else(|e| {
                     panic!(
-                        "create bucket {name} with Object Lock: {}",
+                        "create bucket {name}{}: {}",
+                        if lock { " with Object Lock" } else { "" },
                         aws_sdk_s3::error::DisplayErrorContext(&e)
                     )
                 })

@@ -88,14 +88,7 @@ async fn check_object_lock(settings: &Settings) -> Result<Option<String>, Config
     if zone.lock_retention.is_none() {
         return Ok(None);
     }
-    let problem = |p: String| ConfigError {
-        origin: settings
-            .file
-            .as_ref()
-            .map(|f| format!(" ({})", f.display()))
-            .unwrap_or_default(),
-        problems: vec![p],
-    };
+    let problem = |p: String| config_problem(settings, p);
     let store = store::open(&zone.url, &settings.s3_settings(Zone::Reserved))
         .map_err(|e| problem(e.to_string()))?;
     match store.check_lock().await {
@@ -108,19 +101,27 @@ async fn check_object_lock(settings: &Settings) -> Result<Option<String>, Config
     }
 }
 
-/// Loads the configured policy as `run` would (resolve the file, compile it, `describe`,
-/// `validate-settings`) and says who would decide; a missing or broken file is a
-/// configuration error here, though at run time the built-in rules would stand in for it.
-fn check_policy(settings: &Settings) -> Result<String, ConfigError> {
-    let problem = |p: String| ConfigError {
+/// A configuration error about `settings`, naming its file.
+fn config_problem(settings: &Settings, problem: String) -> ConfigError {
+    ConfigError {
         origin: settings
             .file
             .as_ref()
             .map(|f| format!(" ({})", f.display()))
             .unwrap_or_default(),
-        problems: vec![format!(
-            "{p} (at run time the built-in default rules would decide instead)"
-        )],
+        problems: vec![problem],
+    }
+}
+
+/// Loads the configured policy as `run` would (resolve the file, compile it, `describe`,
+/// `validate-settings`) and says who would decide; a missing or broken file is a
+/// configuration error here, though at run time the built-in rules would stand in for it.
+fn check_policy(settings: &Settings) -> Result<String, ConfigError> {
+    let problem = |p: String| {
+        config_problem(
+            settings,
+            format!("{p} (at run time the built-in default rules would decide instead)"),
+        )
     };
     match policy::resolve(&settings.policy, settings.policy_dir.as_deref()).map_err(problem)? {
         Source::Builtin if settings.policy_settings.is_empty() => {
