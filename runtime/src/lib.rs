@@ -26,10 +26,7 @@ pub mod archive;
 pub mod catalog;
 pub mod config;
 pub mod daemon;
-pub mod decision;
-pub mod domain;
 pub mod faults;
-pub mod health;
 pub mod hooks;
 pub mod lifecycle;
 pub mod metrics;
@@ -37,5 +34,7 @@ pub mod ops;
 mod outage;
 pub mod policy;
 pub mod progress;
-pub mod simulate;
 pub mod store;
+
+// The pure core, under the paths the engine has always used.
+pub use tierkeep_core::{decision, domain, health, plan, simulate};

@@ -1,17 +1,20 @@
-//! `policy simulate`: runs a policy through the real decision engine
-//! ([`crate::decision::Decider`], with its checks and fallback) on a virtual clock, with
-//! the host's own zone rules: a scheduled backup at each interval the policy gives (some
-//! fail, at the given rate), a full black box ages its oldest early, aging as the policy
-//! decides, eviction in the policy's order before a move that would overflow. No data is
-//! written: backups are sizes on a timeline.
+//! `policy simulate`: runs a policy through the lifecycle planner ([`crate::plan`], the
+//! same one the engine carries out, with the decision engine's checks and fallback) on a
+//! virtual clock: a scheduled backup at each interval the policy gives (some fail, at
+//! the given rate), room made in a full black box by aging its oldest early, aging as the
+//! policy decides, eviction in the policy's order before a move that would overflow. No
+//! data is written: backups are sizes on a timeline.
 
 use std::time::Duration;
 
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::decision::{Attempt, Decider, PolicyContext, Room, Rules, ZoneSnapshot};
-use crate::domain::{BackupId, BackupKind, BackupView, Capacity, Schedule, Usage, Zone, plan_room};
+use std::collections::HashSet;
+
+use crate::decision::{Attempt, PolicyFault, Rules};
+use crate::domain::{BackupId, BackupKind, BackupView, Capacity, Schedule, Usage};
+use crate::plan::{Action, Asked, Plan, State, plan_interval, plan_room, plan_tick};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -103,154 +106,123 @@ pub struct SimReport {
     pub policy: String,
 }
 
-struct Sim<'a> {
-    p: &'a SimParams,
-    rules: &'a dyn Rules,
-    bb: Vec<BackupView>,
-    del: Vec<BackupView>,
-    recent: Vec<Attempt>,
-    r: SimReport,
+/// The decisions a plan asked for, counted into the report.
+fn count(r: &mut SimReport, asked: &[Asked]) {
+    for a in asked {
+        note(r, a.fault.as_ref());
+    }
 }
 
-impl Sim<'_> {
-    fn ctx(&self, now: OffsetDateTime) -> PolicyContext {
-        let snap = |zone, capacity, list: &[BackupView]| ZoneSnapshot {
-            zone,
-            capacity,
-            usage: Usage {
-                backups: list.len() as u64,
-                bytes: list.iter().map(|b| b.size_bytes).sum(),
-            },
-        };
-        PolicyContext {
-            now,
-            schedule: self.p.schedule,
-            zones: [
-                snap(Zone::BlackBox, self.p.capacities[0], &self.bb),
-                snap(Zone::Deletion, self.p.capacities[1], &self.del),
-                snap(Zone::Reserved, self.p.capacities[2], &[]),
-            ],
-            recent: self.recent.clone(),
-            settings: self.p.settings.clone(),
+fn note(r: &mut SimReport, fault: Option<&PolicyFault>) {
+    match fault {
+        None => r.decisions += 1,
+        Some(f) => {
+            r.fallbacks += 1;
+            r.first_fault.get_or_insert_with(|| f.to_string());
         }
     }
+}
 
-    fn note<T>(&mut self, d: &crate::decision::Decision<T>) {
-        match &d.fault {
-            None => self.r.decisions += 1,
-            Some(f) => {
-                self.r.fallbacks += 1;
-                self.r.first_fault.get_or_insert_with(|| f.to_string());
+/// Records a plan's steps as events and carries them out on `state`.
+fn carry_out(r: &mut SimReport, state: &mut State, plan: &Plan) {
+    count(r, &plan.asked);
+    for step in &plan.steps {
+        let (kind, id) = match &step.action {
+            Action::Age { id, .. } => {
+                r.aged += 1;
+                ("aged", id)
             }
-        }
-    }
-
-    fn event(&mut self, at: OffsetDateTime, kind: &'static str, id: Option<&BackupId>) {
-        self.r.events.push(SimEvent {
-            at,
+            Action::Evict { id } => {
+                r.evicted += 1;
+                ("evicted", id)
+            }
+        };
+        r.events.push(SimEvent {
+            at: state.now,
             kind,
-            id: id.map(ToString::to_string),
+            id: Some(id.to_string()),
         });
     }
-
-    /// Moves `b` to the deletion zone, evicting first as the policy orders.
-    fn age(&mut self, now: OffsetDateTime, b: BackupView) {
-        let ctx = self.ctx(now);
-        let d = Decider { rules: self.rules }.eviction(
-            &ctx,
-            &self.del,
-            Room {
-                backups: 1,
-                bytes: b.size_bytes,
-            },
-        );
-        if !d.value.is_empty() || d.fault.is_some() {
-            self.note(&d);
-        }
-        for id in &d.value {
-            if let Some(i) = self.del.iter().position(|x| &x.id == id) {
-                self.del.remove(i);
-                self.event(now, "evicted", Some(id));
-                self.r.evicted += 1;
-            }
-        }
-        self.event(now, "aged", Some(&b.id));
-        self.r.aged += 1;
-        self.del.push(b);
-    }
-
-    fn sample(&mut self, at: OffsetDateTime) {
-        let counts = Counts {
-            black_box: self.bb.len() as u64,
-            deletion: self.del.len() as u64,
-            reserved: 0,
-        };
-        let deletion_bytes = self.del.iter().map(|b| b.size_bytes).sum();
-        self.r.peak.black_box = self.r.peak.black_box.max(counts.black_box);
-        self.r.peak.deletion = self.r.peak.deletion.max(counts.deletion);
-        self.r.peak_deletion_bytes = self.r.peak_deletion_bytes.max(deletion_bytes);
-        self.r.samples.push(Sample {
-            at,
-            counts,
-            deletion_bytes,
-        });
-    }
+    plan.apply(state);
 }
 
-/// Runs `rules` over the simulated period.
+fn sample(r: &mut SimReport, state: &State) {
+    let counts = Counts {
+        black_box: state.black_box.len() as u64,
+        deletion: state.deletion.len() as u64,
+        reserved: 0,
+    };
+    let deletion_bytes = state.deletion.iter().map(|b| b.size_bytes).sum();
+    r.peak.black_box = r.peak.black_box.max(counts.black_box);
+    r.peak.deletion = r.peak.deletion.max(counts.deletion);
+    r.peak_deletion_bytes = r.peak_deletion_bytes.max(deletion_bytes);
+    r.samples.push(Sample {
+        at: state.now,
+        counts,
+        deletion_bytes,
+    });
+}
+
+/// Runs `rules` over the simulated period: at each interval the policy gives, a
+/// scheduled attempt (failing at the given rate) that, when it succeeds, first has the
+/// planner make room in the black box ([`plan_room`]); then a pass of the lifecycle
+/// ([`plan_tick`]). Every step of every plan succeeds.
 pub fn simulate(p: &SimParams, rules: &dyn Rules) -> SimReport {
-    let mut sim = Sim {
-        p,
-        rules,
-        bb: Vec::new(),
-        del: Vec::new(),
+    let mut r = SimReport {
+        final_counts: Counts::default(),
+        events: Vec::new(),
+        peak: Counts::default(),
+        peak_deletion_bytes: 0,
+        created: 0,
+        failed: 0,
+        aged: 0,
+        evicted: 0,
+        decisions: 0,
+        fallbacks: 0,
+        first_fault: None,
+        samples: Vec::new(),
+        policy: rules.name().to_owned(),
+    };
+    let mut state = State {
+        now: p.start,
+        schedule: p.schedule,
+        capacities: p.capacities,
+        black_box: Vec::new(),
+        deletion: Vec::new(),
+        reserved: Usage::default(),
+        damaged: HashSet::new(),
         recent: Vec::new(),
-        r: SimReport {
-            final_counts: Counts::default(),
-            events: Vec::new(),
-            peak: Counts::default(),
-            peak_deletion_bytes: 0,
-            created: 0,
-            failed: 0,
-            aged: 0,
-            evicted: 0,
-            decisions: 0,
-            fallbacks: 0,
-            first_fault: None,
-            samples: Vec::new(),
-            policy: rules.name().to_owned(),
-        },
+        settings: p.settings.clone(),
     };
     let end = p.start + p.period;
-    let mut now = p.start;
     let mut rng = p.seed | 1;
     let mut n: u64 = 0;
-    while now < end {
+    while state.now < end {
+        let now = state.now;
         // xorshift64*: reproducible failures.
         rng ^= rng >> 12;
         rng ^= rng << 25;
         rng ^= rng >> 27;
         let roll = (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
         let failed = roll < p.fail_rate;
-        sim.recent.insert(
+        state.recent.insert(
             0,
             Attempt {
                 at: now,
                 succeeded: !failed,
             },
         );
-        sim.recent.truncate(32);
+        state.recent.truncate(32);
         if failed {
-            sim.event(now, "failed", None);
-            sim.r.failed += 1;
+            r.events.push(SimEvent {
+                at: now,
+                kind: "failed",
+                id: None,
+            });
+            r.failed += 1;
         } else {
-            // The host's rule: a full black box ages its oldest early.
-            for id in plan_room(p.capacities[0], &sim.bb, 1, p.backup_size) {
-                if let Some(i) = sim.bb.iter().position(|b| b.id == id) {
-                    let b = sim.bb.remove(i);
-                    sim.age(now, b);
-                }
-            }
+            let plan = plan_room(state.clone(), rules, 1, p.backup_size);
+            carry_out(&mut r, &mut state, &plan);
             n += 1;
             let b = BackupView {
                 id: BackupId::new(now, n),
@@ -258,31 +230,27 @@ pub fn simulate(p: &SimParams, rules: &dyn Rules) -> SimReport {
                 size_bytes: p.backup_size,
                 kind: BackupKind::Scheduled,
             };
-            sim.event(now, "created", Some(&b.id));
-            sim.r.created += 1;
-            sim.bb.push(b);
+            r.events.push(SimEvent {
+                at: now,
+                kind: "created",
+                id: Some(b.id.to_string()),
+            });
+            r.created += 1;
+            state.black_box.push(b);
         }
-        let ctx = sim.ctx(now);
-        let d = Decider { rules }.aging(&ctx, &sim.bb);
-        sim.note(&d);
-        for id in d.value {
-            if let Some(i) = sim.bb.iter().position(|b| b.id == id) {
-                let b = sim.bb.remove(i);
-                sim.age(now, b);
-            }
-        }
-        sim.sample(now);
-        let ctx = sim.ctx(now);
-        let d = Decider { rules }.interval(&ctx);
-        sim.note(&d);
-        now += d.value;
+        let plan = plan_tick(state.clone(), rules);
+        carry_out(&mut r, &mut state, &plan);
+        sample(&mut r, &state);
+        let d = plan_interval(&state, rules);
+        note(&mut r, d.fault.as_ref());
+        state.now += d.value;
     }
-    sim.r.final_counts = Counts {
-        black_box: sim.bb.len() as u64,
-        deletion: sim.del.len() as u64,
+    r.final_counts = Counts {
+        black_box: state.black_box.len() as u64,
+        deletion: state.deletion.len() as u64,
         reserved: 0,
     };
-    sim.r
+    r
 }
 
 /// An SVG chart: zone occupancy over time (top) and each backup's lifetime (bottom:

@@ -3,7 +3,7 @@
 //!
 //! While a zone is unreachable, work that needs it does not wait for a full round of S3
 //! retries on every pass: it is skipped at once until the next probe is due, and then a
-//! single cheap probe ([`crate::store::ZoneStore::check`], no retries) decides whether
+//! single cheap probe (the zone store's `check`, no retries) decides whether
 //! the work runs. Probes back off from [`FIRST_PROBE_AFTER`] to [`MAX_PROBE_AFTER`]. So a
 //! due backup is never held up by retries against a zone that is down.
 //!
