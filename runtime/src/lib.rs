@@ -3,13 +3,16 @@
 //! they age into and are evicted from, and a **reserved zone** for manual backups that
 //! are never deleted automatically.
 //!
-//! The crate is layered: [`domain`] is the pure core (zones, ids, capacities, admission
-//! rules; the clock is passed in), with [`health`] (whether each zone answers: the
-//! circuit breaker in front of the stores) and [`decision`] (policy answers checked); [`archive`] writes and reads the tar + zstd archives;
-//! [`store`] keeps them in zones behind one async trait; [`catalog`] records every backup
-//! and its history; [`config`] loads and validates configuration; [`ops`] runs the
-//! operations the CLI offers; [`daemon`] schedules them (`tierkeep run`) and serves
-//! [`metrics`].
+//! The crate is layered. The pure core is the `tierkeep-core` crate, re-exported here:
+//! [`domain`] (zones, ids, capacities, admission rules; the clock is passed in),
+//! [`decision`] (policy answers checked, the built-in rules as fallback), [`plan`] (the
+//! lifecycle planner: the one place aging, early aging and eviction are decided),
+//! [`health`] (whether each zone answers) and [`simulate`]. Around it: [`archive`]
+//! writes and reads the tar + zstd archives; [`store`] keeps them in zones behind one
+//! async trait; [`catalog`] records every backup and its history; [`config`] loads and
+//! validates configuration; [`policy`] runs wasm policies behind the decision engine;
+//! [`ops`] is the engine (one module per job, carrying out the planner's steps);
+//! [`daemon`] schedules it (`tierkeep run`) and serves [`metrics`].
 //!
 //! ```
 //! use tierkeep::domain::{admit_new_backup, Admission, BackupKind, Capacity, Usage, Zone};
@@ -28,13 +31,14 @@ pub mod config;
 pub mod daemon;
 pub mod faults;
 pub mod hooks;
-pub mod lifecycle;
 pub mod metrics;
 pub mod ops;
-mod outage;
 pub mod policy;
 pub mod progress;
 pub mod store;
 
 // The pure core, under the paths the engine has always used.
 pub use tierkeep_core::{decision, domain, health, plan, simulate};
+// The engine's lifecycle and zone-health parts, under their old paths.
+pub use ops::lifecycle;
+pub(crate) use ops::outage;

@@ -8,6 +8,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod legacy_sim;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +19,7 @@ use tierkeep::decision::{
     Attempt, BuiltinRules, Decider, PolicyContext, PolicyFault, Room, Rules, ZoneSnapshot,
 };
 use tierkeep::domain::{BackupId, BackupKind, BackupView, Capacity, Schedule, Usage, Zone};
+use tierkeep::plan::{Action, Plan, State, plan_room, plan_tick};
 use tierkeep::policy::{PolicyHost, WasmPolicy, engine};
 use tierkeep::simulate::{SimParams, simulate};
 use time::OffsetDateTime;
@@ -219,6 +222,119 @@ fn the_default_component_agrees_with_the_builtin_rules() {
                 .collect::<Vec<_>>()
         };
         assert_eq!(events(&native), events(&component));
+    }
+}
+
+/// The lifecycle planner against the simulator it replaced: identical event streams for
+/// the shipped policies over 120 days, with and without failed attempts, with a count
+/// limit and a byte limit on the deletion zone.
+#[test]
+fn the_planner_decides_as_the_simulator_it_replaced() {
+    for name in ["default", "gfs", "business-hours"] {
+        let p = load(name, "{}");
+        for (fail_rate, max_bytes) in [(0.0, None), (0.2, None), (0.1, Some(100 << 30))] {
+            let params = sim_params(fail_rate, max_bytes, 120);
+            let planned = simulate(&params, &p);
+            let legacy = legacy_sim::simulate(&params, &p);
+            let events: Vec<legacy_sim::Event> = planned
+                .events
+                .iter()
+                .map(|e| (e.at, e.kind, e.id.clone()))
+                .collect();
+            assert!(
+                planned.evicted > 0 && planned.aged > 0,
+                "{name}: the timeline must reach aging and eviction"
+            );
+            assert_eq!(
+                events.len(),
+                legacy.events.len(),
+                "{name} at fail rate {fail_rate}: event counts differ"
+            );
+            if let Some(i) = (0..events.len()).find(|&i| events[i] != legacy.events[i]) {
+                panic!(
+                    "{name} at fail rate {fail_rate}: event {i} differs: planner {:?}, before {:?}",
+                    events[i], legacy.events[i]
+                );
+            }
+            assert_eq!(
+                (planned.decisions, planned.fallbacks),
+                (legacy.decisions, legacy.fallbacks),
+                "{name}: decisions asked"
+            );
+        }
+    }
+}
+
+/// A plan as text: one line per step (action, backup, cause, who decided, reason).
+fn plan_text(plan: &Plan) -> String {
+    let mut out = String::new();
+    for step in &plan.steps {
+        let (what, id) = match &step.action {
+            Action::Age { id, .. } => ("age", id),
+            Action::Evict { id } => ("evict", id),
+        };
+        out.push_str(&format!(
+            "{what} {id} [{:?} by {}] {}\n",
+            step.cause, step.by, step.reason
+        ));
+    }
+    for a in &plan.asked {
+        out.push_str(&format!(
+            "asked {} of {}{}\n",
+            a.decision,
+            a.by,
+            a.fault
+                .as_ref()
+                .map(|f| format!(" (fault: {f})"))
+                .unwrap_or_default()
+        ));
+    }
+    if !plan.stuck.is_empty() {
+        out.push_str(&format!("stuck: {:?}\n", plan.stuck));
+    }
+    out
+}
+
+/// Snapshots of the plans the shipped policies make on one Wednesday morning: a pass of
+/// the lifecycle with backups due and a full deletion zone (a month of dailies and a
+/// day of hourlies), and room made for a new backup in a full black box.
+#[test]
+fn plans_of_the_shipped_policies() {
+    let now = WED + 10 * H;
+    let bb: Vec<BackupView> = (0..6)
+        .map(|i| backup(now - H * (6 - i), u64::from(i)))
+        .collect();
+    let mut del: Vec<BackupView> = (0..24)
+        .map(|i| backup(now - H * (8 + i), 100 + u64::from(i)))
+        .collect();
+    del.extend((1..=26).map(|d| backup(WED - 24 * H * d, 200 + u64::from(d))));
+    let cap = |n| Capacity {
+        max_backups: n,
+        max_bytes: None,
+    };
+    let state = State {
+        now,
+        schedule: schedule(),
+        capacities: [cap(6), cap(50), cap(10)],
+        black_box: bb,
+        deletion: del,
+        reserved: Usage::default(),
+        damaged: Default::default(),
+        recent: Vec::new(),
+        settings: "{}".into(),
+    };
+    for name in ["default", "gfs", "business-hours"] {
+        let p = load(name, "{}");
+        let tick = plan_tick(state.clone(), &p);
+        let room = plan_room(state.clone(), &p, 1, 1 << 20);
+        insta::assert_snapshot!(
+            format!("plan_{name}"),
+            format!(
+                "tick:\n{}\nroom for a new backup:\n{}",
+                plan_text(&tick),
+                plan_text(&room)
+            )
+        );
     }
 }
 

@@ -1,0 +1,443 @@
+//! The generation module (scheduled backups into the black box) and manual backups
+//! into the reserved zone: admission, hooks, the archive, the commit.
+
+use std::fs::{self};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::error::catch_up;
+use super::{OpsError, Tierkeep, io_err};
+use crate::archive::write::{WriteOptions, estimate, write_archive};
+use crate::archive::{MANIFEST_FORMAT, Manifest};
+use crate::catalog::Catalog;
+use crate::domain::{
+    Admission, BackupId, BackupKind, BlackBoxAdmission, Zone, admit_new_backup, admit_scheduled,
+    format_size,
+};
+use crate::progress::Progress;
+use crate::store::{BackupKey, StoreError, ZoneStore};
+
+/// What a backup produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupOutcome {
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// Zone it went to.
+    pub zone: Zone,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// Reports a scheduled backup taken beyond the black box's capacity: an error in the
+/// log, the metric, and a `pressure` event in the audit trail.
+pub(super) fn note_pressure(
+    catalog: &mut Catalog,
+    now: OffsetDateTime,
+    why: &str,
+) -> Result<(), OpsError> {
+    let text = format!("black-box pressure: {why}");
+    tracing::error!("{text}");
+    crate::metrics::inc(
+        "tierkeep_black_box_pressure_events_total",
+        &[("outcome", "over_capacity")],
+    );
+    catalog.note(now, "pressure", Some(Zone::BlackBox), &text)?;
+    Ok(())
+}
+
+impl Tierkeep {
+    /// Takes a backup now: scheduled into the black box, manual into the reserved zone.
+    /// A full zone refuses before any data is written.
+    /// `clock` is read once the host lock is held, so the backup's time is the time its
+    /// data is read, not the time it started waiting.
+    pub async fn backup(
+        &self,
+        kind: BackupKind,
+        label: Option<String>,
+        clock: &(dyn Fn() -> OffsetDateTime + Send + Sync),
+        progress: &Progress,
+    ) -> Result<BackupOutcome, OpsError> {
+        let started = std::time::Instant::now();
+        let _lock = self.lock().await?;
+        let now = clock();
+        let mut catalog = self.catalog()?;
+        let zone = kind.home_zone();
+        let result = self
+            .backup_locked(&mut catalog, kind, label, now, progress)
+            .await;
+        let took = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => "created",
+            Err(OpsError::ZoneFull { .. } | OpsError::NoRoom { .. }) => "refused",
+            Err(_) => "failed",
+        };
+        let labels = [("zone", zone.as_str()), ("outcome", outcome)];
+        crate::metrics::inc("tierkeep_backups_total", &labels);
+        crate::metrics::observe("tierkeep_backup_duration_seconds", &labels, took);
+        if let Ok(m) = &result {
+            crate::metrics::add(
+                "tierkeep_backup_bytes_total",
+                &[("zone", zone.as_str())],
+                m.archive_bytes as f64,
+            );
+        }
+        // A refusal wrote nothing and leaves nothing to recover.
+        self.end_work(outcome != "failed");
+        result.map(|manifest| BackupOutcome {
+            manifest,
+            zone,
+            seconds: took.as_secs_f64(),
+        })
+    }
+
+    /// Free bytes of the black box's filesystem, if it can be asked.
+    pub(super) fn black_box_available(&self) -> Option<u64> {
+        let dir = self.store(Zone::BlackBox).staging_dir().or_else(|| {
+            self.settings
+                .zone(Zone::BlackBox)
+                .url
+                .strip_prefix("file://")
+                .map(PathBuf::from)
+        })?;
+        let mut probe = dir.as_path();
+        // The zone's directory may not exist yet: ask its nearest existing ancestor.
+        while !probe.exists() {
+            probe = probe.parent()?;
+        }
+        match rustix::fs::statvfs(probe) {
+            Ok(st) => Some(st.f_bavail.saturating_mul(st.f_frsize)),
+            Err(e) => {
+                tracing::warn!(dir = %probe.display(), "cannot read the free space: {e}");
+                None
+            }
+        }
+    }
+
+    /// The generation (or manual) module's work under the host lock: admission, hooks,
+    /// archive, commit.
+    pub(super) async fn backup_locked(
+        &self,
+        catalog: &mut Catalog,
+        kind: BackupKind,
+        label: Option<String>,
+        now: OffsetDateTime,
+        progress: &Progress,
+    ) -> Result<Manifest, OpsError> {
+        let zone = kind.home_zone();
+        let zs = self.settings.zone(zone);
+        self.recover_if_needed(catalog, now).await?;
+        let mut pressure = false;
+        if kind == BackupKind::Scheduled {
+            let aging_error = self
+                .make_room_in_black_box(catalog, 1, 0, now, progress)
+                .await
+                .err();
+            let aging_failed = aging_error.as_ref().map(ToString::to_string);
+            let catches_up = aging_error.as_ref().map(catch_up).unwrap_or_default();
+            let usage = catalog.usage(zone)?;
+            // About as large as the newest backup of this host.
+            let estimate = catalog
+                .list(None)?
+                .iter()
+                .find(|r| r.kind == BackupKind::Scheduled)
+                .map_or(0, |r| r.size_bytes);
+            match admit_scheduled(
+                zs.capacity,
+                usage,
+                aging_failed.as_deref(),
+                self.black_box_available(),
+                estimate,
+                zs.min_free,
+            ) {
+                BlackBoxAdmission::Admit => {}
+                BlackBoxAdmission::OverCapacity { holding } => {
+                    pressure = true;
+                    let why = aging_failed.unwrap_or_default();
+                    let text = format!(
+                        "the black box is full ({} of {} backups) and its oldest backups \
+                         cannot age out ({why}); no unmoved backup is deleted, so this backup is \
+                         taken beyond max_backups ({holding} held); {catches_up}",
+                        usage.backups, zs.capacity.max_backups
+                    );
+                    note_pressure(catalog, now, &text)?;
+                }
+                BlackBoxAdmission::Refuse { reason } => {
+                    let err = OpsError::NoRoom {
+                        reason,
+                        advice: match &aging_failed {
+                            Some(e) => format!(
+                                "The oldest backups could not age out ({e}); {catches_up}. Or \
+                                 free space on the black box's disk"
+                            ),
+                            None => "Free space on the black box's disk, or lower \
+                                     zones.black_box.min_free"
+                                .into(),
+                        },
+                    };
+                    if aging_failed.is_some() {
+                        tracing::error!("black-box pressure: {err}");
+                        crate::metrics::inc(
+                            "tierkeep_black_box_pressure_events_total",
+                            &[("outcome", "refused")],
+                        );
+                    }
+                    catalog.note(now, "refused", Some(zone), &err.to_string())?;
+                    return Err(err);
+                }
+            }
+        } else if let Admission::Refuse {
+            zone,
+            fullness,
+            advice,
+        } = admit_new_backup(kind, zs.capacity, catalog.usage(zone)?)
+        {
+            let err = OpsError::ZoneFull {
+                zone,
+                fullness: fullness.to_string(),
+                advice: advice.to_owned(),
+            };
+            catalog.note(now, "refused", Some(zone), &err.to_string())?;
+            return Err(err);
+        }
+        let store = self.store(zone).clone();
+        let checked = match self.zone_available(catalog, zone, now).await {
+            Ok(()) => store.check().await.map_err(OpsError::from),
+            Err(e) => Err(e),
+        };
+        self.zone_outcome(catalog, zone, now, checked.as_ref().err());
+        checked?;
+        // A manual backup that the configuration says is locked is not written into a
+        // bucket that cannot lock it.
+        if kind == BackupKind::Manual
+            && let Err(e) = store.check_lock().await
+        {
+            let err = OpsError::from(e);
+            catalog.note(now, "refused", Some(zone), &err.to_string())?;
+            return Err(err);
+        }
+
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| OpsError::Internal(e.to_string()))?;
+        let id = BackupId::new(now, u64::from_le_bytes(random));
+        let key = BackupKey {
+            host: self.settings.host_id.clone(),
+            id: id.clone(),
+        };
+        let staging_dir = match store.staging_dir() {
+            Some(d) => {
+                fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+                d
+            }
+            None => self.staging()?,
+        };
+        let staged = staging_dir.join(format!("{}-{id}.tar.zst.partial", self.settings.host_id));
+        let result = self
+            .write_and_commit(
+                catalog,
+                kind,
+                label,
+                now,
+                &key,
+                &staged,
+                store.as_ref(),
+                pressure,
+                progress,
+            )
+            .await;
+        progress.finish();
+        self.zone_outcome(catalog, zone, now, result.as_ref().err());
+        match result {
+            Ok(manifest) => {
+                catalog.insert_created(&manifest, zone, now, &format!("{kind} backup"))?;
+                tracing::info!(id = %manifest.id, zone = %zone, bytes = manifest.archive_bytes, "backup created");
+                Ok(manifest)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&staged);
+                if let Err(clean) = store.remove_incomplete(&key).await
+                    && !matches!(clean, StoreError::NotFound { .. })
+                {
+                    tracing::warn!("could not remove the incomplete backup {key}: {clean}");
+                }
+                catalog.note(now, "failed", Some(zone), &e.to_string())?;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn write_and_commit(
+        &self,
+        catalog: &mut Catalog,
+        kind: BackupKind,
+        label: Option<String>,
+        now: OffsetDateTime,
+        key: &BackupKey,
+        staged: &Path,
+        store: &dyn ZoneStore,
+        pressure: bool,
+        progress: &Progress,
+    ) -> Result<Manifest, OpsError> {
+        let mut skip = vec![self.settings.data_dir.clone()];
+        for z in &self.settings.zones {
+            if let Some(p) = z.url.strip_prefix("file://") {
+                skip.push(PathBuf::from(p));
+            }
+        }
+        let opts = WriteOptions {
+            sources: self.settings.sources.clone(),
+            exclude: self.settings.exclude.clone(),
+            skip_paths: skip,
+            level: self.settings.compression_level,
+            threads: self.settings.threads,
+        };
+        let out = staged.to_path_buf();
+        let bar = progress.clone();
+        let hooks = &self.settings.hooks;
+        let hook_env = |result: Option<&str>| {
+            let mut env = vec![
+                ("TIERKEEP_BACKUP_ID", key.id.to_string()),
+                ("TIERKEEP_BACKUP_KIND", kind.to_string()),
+                ("TIERKEEP_HOST_ID", key.host.clone()),
+            ];
+            if let Some(r) = result {
+                env.push(("TIERKEEP_BACKUP_RESULT", r.to_owned()));
+            }
+            env
+        };
+        if hooks.post_backup.is_some() {
+            // From here on the post-hook is owed, even if this backup is dropped.
+            *self.open_hook.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(hook_env(Some("aborted")));
+        }
+        if let Some(cmd) = &hooks.pre_backup
+            && let Err(e) =
+                crate::hooks::run("pre_backup", cmd, hooks.timeout, &hook_env(None)).await
+        {
+            crate::metrics::inc("tierkeep_hook_failures_total", &[("hook", "pre_backup")]);
+            // The post-hook undoes what a partly run pre-hook may have done (a freeze).
+            self.post_hook(hooks, &hook_env(Some("failed"))).await;
+            return Err(e.into());
+        }
+
+        let summary = tokio::task::spawn_blocking(move || {
+            if bar.is_visible() {
+                let (bytes, _) = estimate(&opts);
+                bar.phase("backup", bytes);
+            }
+            let mut cb = |n| bar.inc(n);
+            write_archive(&opts, &out, &mut cb)
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()));
+        // The sources have been read (or reading failed): release them at once, before
+        // the archive is stored.
+        if hooks.pre_backup.is_some() || hooks.post_backup.is_some() {
+            let ok = matches!(summary, Ok(Ok(_)));
+            self.post_hook(hooks, &hook_env(Some(if ok { "ok" } else { "failed" })))
+                .await;
+        }
+        let summary = summary??;
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            id: key.id.clone(),
+            host_id: key.host.clone(),
+            kind,
+            label,
+            created_at: now,
+            source: self
+                .settings
+                .sources
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            entries: summary.entries,
+            logical_bytes: summary.logical_bytes,
+            archive_bytes: summary.archive_bytes,
+            archive_sha256: summary.archive_sha256,
+            compression: "zstd".into(),
+            tool_version: format!("tierkeep {}", env!("CARGO_PKG_VERSION")),
+            policy: self.policy.status().describe(),
+            warnings: summary.warnings,
+        };
+        // A byte limit can only be checked now that the size is known.
+        let zone = kind.home_zone();
+        let capacity = self.settings.zone(zone).capacity;
+        if capacity.max_bytes.is_some() {
+            match kind {
+                BackupKind::Manual => {
+                    if let Err(fullness) =
+                        capacity.admits(catalog.usage(zone)?, manifest.archive_bytes)
+                    {
+                        return Err(OpsError::ZoneFull {
+                            zone,
+                            fullness: format!(
+                                "{fullness}, and this backup is {}",
+                                format_size(manifest.archive_bytes)
+                            ),
+                            advice: "the archive was discarded; remove a manual backup with \
+                                     `tierkeep delete ID --yes` or raise zones.reserved.max_bytes"
+                                .into(),
+                        });
+                    }
+                }
+                BackupKind::Scheduled if pressure => {}
+                BackupKind::Scheduled => {
+                    if let Err(e) = self
+                        .make_room_in_black_box(catalog, 1, manifest.archive_bytes, now, progress)
+                        .await
+                    {
+                        // The byte limit, with aging impossible: the same pressure rule as
+                        // for the count (the disk reserve was checked before writing).
+                        let text = format!(
+                            "this backup ({}) does not fit zones.black_box.max_bytes and the \
+                             oldest backups cannot age out ({e}); no unmoved backup is deleted, \
+                             so it is kept beyond the limit; {}",
+                            format_size(manifest.archive_bytes),
+                            catch_up(&e)
+                        );
+                        note_pressure(catalog, now, &text)?;
+                    }
+                }
+            }
+        }
+        progress.phase("store", manifest.archive_bytes);
+        store.put_archive(key, staged, progress.callback()).await?;
+        store.put_manifest(&manifest).await?;
+        Ok(manifest)
+    }
+
+    /// Runs the post-backup hook, if any; a failure is logged loudly and counted, but
+    /// does not undo a backup that was taken.
+    pub(super) async fn post_hook(&self, hooks: &crate::config::Hooks, env: &[(&str, String)]) {
+        if let Some(cmd) = &hooks.post_backup
+            && let Err(e) = crate::hooks::run("post_backup", cmd, hooks.timeout, env).await
+        {
+            crate::metrics::inc("tierkeep_hook_failures_total", &[("hook", "post_backup")]);
+            tracing::error!("{e}: the sources may still be in the state the pre-hook left them");
+        }
+        // Owed no more only once it has run to its end (a run dropped midway is redone by
+        // `release_hooks`).
+        self.open_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Runs the post-backup hook of a backup that was dropped between its pre-hook and
+    /// its post-hook (a daemon stopped at the end of its grace period), with
+    /// `TIERKEEP_BACKUP_RESULT=aborted`, so that nothing stays frozen.
+    pub async fn release_hooks(&self) {
+        let env = self
+            .open_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(env) = env {
+            tracing::warn!("running hooks.post_backup for the backup that was stopped");
+            self.post_hook(&self.settings.hooks, &env).await;
+        }
+    }
+}

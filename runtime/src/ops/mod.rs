@@ -1,0 +1,168 @@
+//! The engine: the operations the CLI and the daemon run, split by job. Each takes `now`
+//! from its caller; what the lifecycle does is decided by the planner
+//! ([`crate::plan`]), the I/O is done by the archive, store and catalog modules.
+//!
+//! - [`backup`]: scheduled and manual backups (admission, hooks, archive, commit);
+//! - [`read`]: restore, export and verify, through one readable local copy;
+//! - [`lifecycle`]: carries out the planner's steps (moves, evictions) and `tick`;
+//! - [`recovery`]: brings zones and catalog back in line after an interrupted run;
+//! - [`locks`]: the host lock, the pins of copies being read, the work marker;
+//! - [`outage`]: each zone's reachability (the circuit breaker in front of its store);
+//! - [`status`]: what `status` shows; [`manage`]: delete, catalog rebuild, Object Lock;
+//! - [`error`]: the errors, each mapped to an exit status.
+//!
+//! The layers call down only: backup and lifecycle use recovery and locks; nothing here
+//! calls back into a caller.
+
+pub mod backup;
+pub mod error;
+pub mod lifecycle;
+pub mod locks;
+pub mod manage;
+pub(crate) mod outage;
+pub mod read;
+pub mod recovery;
+pub mod status;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::archive::verify_file;
+use crate::catalog::{Catalog, Record, State};
+use crate::config::Settings;
+use crate::domain::{BackupId, Zone};
+use crate::progress::Progress;
+use crate::store::{self, BackupKey, ZoneStore};
+
+pub use backup::BackupOutcome;
+pub use error::OpsError;
+pub(crate) use error::io_err;
+pub use lifecycle::TickReport;
+pub use locks::{HostLock, Pin};
+pub use read::{RestoreOutcome, VerifyResult};
+pub use recovery::RecoveryReport;
+pub use status::{DamagedBackup, Status, ZoneStatus, usage_line};
+
+/// The runtime for one host's configuration.
+#[derive(Debug)]
+pub struct Tierkeep {
+    /// Effective settings.
+    pub settings: Settings,
+    stores: [Arc<dyn ZoneStore>; 3],
+    /// The running policy (reloaded when its file changes).
+    pub policy: Arc<crate::policy::PolicyHost>,
+    /// Whether zones and catalog are known to be consistent, so that work may skip the
+    /// recovery pass: false in a new process (every CLI run recovers first), set by a
+    /// recovery, cleared by work that failed (the daemon recovers at start, then only
+    /// after a failure or once a day).
+    recovered: std::sync::atomic::AtomicBool,
+    /// The environment of a backup whose pre-hook has run and whose post-hook has not
+    /// yet: what [`Tierkeep::release_hooks`] needs if the backup is dropped midway.
+    open_hook: std::sync::Mutex<Option<Vec<(&'static str, String)>>>,
+    /// Whether each zone answers (the circuit breaker of [`crate::health`]); read from the
+    /// audit trail by the first work that needs it.
+    pub(crate) health: std::sync::Mutex<Option<[crate::health::ZoneHealth; 3]>>,
+}
+
+impl Tierkeep {
+    /// Opens the zones of `settings`.
+    pub fn new(settings: Settings) -> Result<Self, OpsError> {
+        let stores = [
+            store::open(
+                &settings.zone(Zone::BlackBox).url,
+                &settings.s3_settings(Zone::BlackBox),
+            )?,
+            store::open(
+                &settings.zone(Zone::Deletion).url,
+                &settings.s3_settings(Zone::Deletion),
+            )?,
+            store::open(
+                &settings.zone(Zone::Reserved).url,
+                &settings.s3_settings(Zone::Reserved),
+            )?,
+        ];
+        let policy = Arc::new(crate::policy::PolicyHost::configured(&settings));
+        Ok(Tierkeep {
+            settings,
+            stores,
+            policy,
+            recovered: std::sync::atomic::AtomicBool::new(false),
+            open_hook: std::sync::Mutex::new(None),
+            health: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The store of a zone.
+    pub fn store(&self, zone: Zone) -> &Arc<dyn ZoneStore> {
+        &self.stores[zone.index()]
+    }
+
+    /// Opens the catalog.
+    pub fn catalog(&self) -> Result<Catalog, OpsError> {
+        Ok(Catalog::open(&self.settings.catalog_path())?)
+    }
+
+    /// Hashes a local copy of `rec`'s archive on a blocking thread and compares it with
+    /// the catalog's size and SHA-256.
+    pub(crate) async fn verify_copy_of(
+        &self,
+        rec: &Record,
+        path: &Path,
+        progress: &Progress,
+    ) -> Result<(), OpsError> {
+        let expected = (rec.size_bytes, rec.sha256.clone());
+        let check = path.to_path_buf();
+        let bar = progress.clone();
+        bar.phase("verify", rec.size_bytes);
+        tokio::task::spawn_blocking(move || {
+            let mut cb = |n| bar.inc(n);
+            verify_file(&check, &expected, &mut cb)
+        })
+        .await
+        .map_err(|e| OpsError::Internal(e.to_string()))??;
+        Ok(())
+    }
+
+    pub(crate) fn staging(&self) -> Result<PathBuf, OpsError> {
+        let dir = self.settings.data_dir.join("staging");
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        Ok(dir)
+    }
+
+    /// Resolves an id or unique prefix to a present backup.
+    pub fn resolve(&self, catalog: &Catalog, text: &str) -> Result<Record, OpsError> {
+        if let Ok(id) = text.parse::<BackupId>() {
+            if let Some(r) = catalog.get(&id)?
+                && r.state == State::Present
+            {
+                return Ok(r);
+            }
+            return Err(OpsError::NotFound(text.to_owned()));
+        }
+        if text.len() < 4 {
+            return Err(OpsError::NotFound(text.to_owned()));
+        }
+        let mut found = catalog.find(text)?;
+        match found.len() {
+            0 => Err(OpsError::NotFound(text.to_owned())),
+            1 => Ok(found.remove(0)),
+            _ => Err(OpsError::Ambiguous(
+                text.to_owned(),
+                found
+                    .iter()
+                    .take(5)
+                    .map(|r| r.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
+    }
+
+    pub(super) fn key(&self, rec: &Record) -> BackupKey {
+        BackupKey {
+            host: rec.host_id.clone(),
+            id: rec.id.clone(),
+        }
+    }
+}
