@@ -14,7 +14,6 @@
 //! Every step passes a named fault point ([`crate::faults`]).
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -26,7 +25,7 @@ use crate::domain::{BackupId, BackupView, Zone, format_duration, plan_room_aroun
 use crate::faults;
 use crate::ops::{OpsError, Tierkeep};
 use crate::progress::Progress;
-use crate::store::{BackupKey, ListedState, StoreError};
+use crate::store::{self, BackupKey, ListedState, StoreError};
 
 /// What recovery found and did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -506,22 +505,13 @@ impl Tierkeep {
         progress: &Progress,
     ) -> Result<(), OpsError> {
         let dst = self.store(Zone::Deletion);
-        let (path, fetched) = match dst.local_archive(key) {
-            Some(p) => (p, false),
-            None => {
-                let dest = self.staging()?.join(format!(
-                    "{}-{}.verify.partial",
-                    self.settings.host_id, rec.id
-                ));
-                dst.fetch_archive(key, &dest, progress.callback()).await?;
-                (dest, true)
-            }
-        };
-        let verified = self.verify_copy_of(rec, &path, &Progress::hidden()).await;
-        if fetched {
-            let _ = fs::remove_file(&path);
-        }
-        verified
+        let dest = self.staging()?.join(format!(
+            "{}-{}.verify.partial",
+            self.settings.host_id, rec.id
+        ));
+        let copy = store::readable_copy(dst.as_ref(), key, &dest, progress.callback()).await?;
+        self.verify_copy_of(rec, copy.path(), &Progress::hidden())
+            .await
     }
 
     /// Ages black-box backups out early until `incoming` more fit in the black box.

@@ -648,8 +648,8 @@ impl Tierkeep {
             self.settings
                 .zone(Zone::BlackBox)
                 .url
-                .strip_prefix("file://")
-                .map(PathBuf::from)
+                .local_dir()
+                .map(Path::to_path_buf)
         })?;
         let mut probe = dir.as_path();
         // The zone's directory may not exist yet: ask its nearest existing ancestor.
@@ -832,8 +832,8 @@ impl Tierkeep {
     ) -> Result<Manifest, OpsError> {
         let mut skip = vec![self.settings.data_dir.clone()];
         for z in &self.settings.zones {
-            if let Some(p) = z.url.strip_prefix("file://") {
-                skip.push(PathBuf::from(p));
+            if let Some(p) = z.url.local_dir() {
+                skip.push(p.to_path_buf());
             }
         }
         let opts = WriteOptions {
@@ -1230,21 +1230,14 @@ impl Tierkeep {
                 rec.zone
             )));
         }
-        let (path, exported) = if let Some(p) = store.local_archive(&key) {
-            (p, false)
-        } else {
-            let dest =
-                self.staging()?
-                    .join(format!("{}.verify-{}.tar.zst", rec.id, std::process::id()));
-            store
-                .fetch_archive(&key, &dest, progress.callback())
-                .await?;
-            (dest, true)
-        };
+        let dest =
+            self.staging()?
+                .join(format!("{}.verify-{}.tar.zst", rec.id, std::process::id()));
+        let copy = store::readable_copy(store.as_ref(), &key, &dest, progress.callback()).await?;
         let expected = (rec.size_bytes, rec.sha256.clone());
         let bar = progress.clone();
         bar.phase("verify", rec.size_bytes);
-        let check = path.clone();
+        let check = copy.path().to_path_buf();
         let result = tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
             let mut cb = |n| bar.inc(n);
             if deep {
@@ -1255,9 +1248,6 @@ impl Tierkeep {
         })
         .await
         .map_err(|e| OpsError::Internal(e.to_string()))?;
-        if exported {
-            let _ = fs::remove_file(&path);
-        }
         Ok(result?)
     }
 
@@ -1317,7 +1307,7 @@ impl Tierkeep {
                 };
             zones.push(ZoneStatus {
                 zone,
-                url: zs.url.clone(),
+                url: zs.url.to_string(),
                 backups,
                 bytes,
                 max_backups,
