@@ -1009,6 +1009,66 @@ mod tests {
     }
 
     #[test]
+    fn zone_urls_are_parsed_once_and_explained() {
+        let s = load_str(
+            "source.paths = [\"/srv\"]\ndata_dir = \"/d\"\n\
+             [zones.black_box]\nurl = \"file:///d/./bb/\"\n\
+             [zones.deletion]\nurl = \"s3://bucket/zone/\"\n\
+             [zones.reserved]\nurl = \"s3://bucket\"\nlock_retention = \"1d\"\n",
+        )
+        .unwrap();
+        let bb = &s.zone(Zone::BlackBox).url;
+        assert_eq!(bb.local_dir(), Some(Path::new("/d/bb")));
+        assert_eq!(bb.to_string(), "file:///d/bb");
+        let del = &s.zone(Zone::Deletion).url;
+        assert_eq!(
+            (del.bucket(), del.key_prefix().as_str()),
+            (Some("bucket"), "zone/")
+        );
+        assert_eq!(del.to_string(), "s3://bucket/zone/", "as written");
+        assert_eq!(s.zone(Zone::Reserved).url.to_string(), "s3://bucket");
+
+        let e = load_str(
+            "source.paths = [\"/srv\"]\n\
+             [zones.black_box]\nurl = \"s3://\"\n\
+             [zones.deletion]\nurl = \"file://relative\"\n\
+             [zones.reserved]\nurl = \"/plain/path\"\nlock_retention = \"1d\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for problem in [
+            "zones.black_box.url `s3://`: the black box is a local directory (on SSD); only \
+             the deletion and reserved zones can be S3 buckets",
+            "zones.deletion.url `file://relative`: a file URL needs an absolute path \
+             (file:///var/lib/...)",
+            "zones.reserved.url `/plain/path`: expected file:///path or s3://bucket/prefix",
+            "zones.reserved.lock_retention: S3 Object Lock applies only to a reserved zone on S3",
+        ] {
+            assert!(e.contains(problem), "{problem}\n in: {e}");
+        }
+        let e = load_str(
+            "source.paths = [\"/srv\"]\n[zones.deletion]\nurl = \"s3:///zone\"\n\
+             [zones.reserved]\nurl = \"s3://b/x/\"\n[zones.black_box]\nurl = \"file:///bb\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "zones.deletion.url `s3:///zone`: no bucket name (expected s3://bucket or \
+                 s3://bucket/prefix)"
+            ),
+            "{e}"
+        );
+        let e = load_str(
+            "source.paths = [\"/srv\"]\n[zones.deletion]\nurl = \"s3://b/x\"\n\
+             [zones.reserved]\nurl = \"s3://b/x/\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("two zones have the same url"), "{e}");
+    }
+
+    #[test]
     fn bounds_and_unknown_keys_are_explained() {
         let e = load_str(
             "source.paths = [\"/srv\"]\n[schedule]\ninterval = \"1h\"\naging = \"11h\"\n\
