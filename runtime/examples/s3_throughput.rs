@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tierkeep::domain::BackupId;
-use tierkeep::store::{BackupKey, S3Settings, S3Store, ZoneStore};
+use tierkeep::store::{BackupKey, S3Settings, S3Store, ZoneStore, ZoneUrl};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -59,7 +59,10 @@ fn rclone(server: &s3::S3, args: &[&str]) -> anyhow::Result<f64> {
 fn measure(server: &s3::S3, file: &Path, size_mib: f64, reps: usize) -> anyhow::Result<()> {
     let bucket = server.bucket("tk-bench");
     let store = S3Store::new(
-        &format!("s3://{bucket}"),
+        &ZoneUrl::S3 {
+            bucket: bucket.to_string(),
+            path: String::new(),
+        },
         &S3Settings {
             endpoint: Some(server.endpoint.clone()),
             region: Some(server.region.clone()),

@@ -18,6 +18,7 @@ use crate::domain::{
     Capacity, Schedule, Zone, format_duration, format_size, parse_duration, parse_size,
     validate_host_id,
 };
+use crate::store::ZoneUrl;
 
 /// Top-level keys that `TIERKEEP_*` variables may set; other `TIERKEEP_*` variables (test
 /// fixtures, `TIERKEEP_CONFIG`, `TIERKEEP_LOG`) are not configuration.
@@ -213,8 +214,8 @@ impl ConfigError {
 pub struct ZoneSettings {
     /// Which zone.
     pub zone: Zone,
-    /// Its URL.
-    pub url: String,
+    /// Its URL, parsed.
+    pub url: ZoneUrl,
     /// Its capacity.
     pub capacity: Capacity,
     /// Object Lock retention for new backups (reserved zone on S3).
@@ -500,6 +501,7 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
         problems.push("zones.black_box.max_backups must be at least 1".into());
     }
     let mut zones = Vec::new();
+    let mut url_texts = Vec::new();
     for (zone, zc) in [
         (Zone::BlackBox, &raw.zones.black_box),
         (Zone::Deletion, &raw.zones.deletion),
@@ -536,41 +538,35 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
                 }
             },
         };
-        let url = match &zc.url {
+        let text = match &zc.url {
             Some(u) => u.clone(),
             None => format!("file://{}", data_dir.join(zone.as_str()).display()),
         };
-        let url = match url.strip_prefix("file://") {
-            Some(path) if Path::new(path).is_absolute() => {
-                format!("file://{}", normalize(Path::new(path)).display())
-            }
-            _ => url,
+        let parsed = text.parse::<ZoneUrl>();
+        let on_s3 = match &parsed {
+            Ok(u) => u.is_s3(),
+            Err(e) => e.is_s3(),
         };
-        if let Some(path) = url.strip_prefix("file://") {
-            if !Path::new(path).is_absolute() {
+        let url = match parsed {
+            // Checked first: `s3://` in the black box is refused for what it is.
+            _ if on_s3 && zone == Zone::BlackBox => {
                 problems.push(format!(
-                    "{key}.url `{url}`: a file URL needs an absolute path (file:///var/lib/...)"
-                ));
-            }
-        } else if let Some(rest) = url.strip_prefix("s3://") {
-            if zone == Zone::BlackBox {
-                problems.push(format!(
-                    "{key}.url `{url}`: the black box is a local directory (on SSD); only the \
+                    "{key}.url `{text}`: the black box is a local directory (on SSD); only the \
                      deletion and reserved zones can be S3 buckets"
                 ));
-            } else if rest.split('/').next().is_none_or(str::is_empty) {
-                problems.push(format!(
-                    "{key}.url `{url}`: no bucket name (expected s3://bucket or s3://bucket/prefix)"
-                ));
+                None
             }
-        } else {
-            problems.push(format!(
-                "{key}.url `{url}`: expected file:///path or s3://bucket/prefix"
-            ));
-        }
+            Ok(u) => Some(u),
+            Err(e) => {
+                problems.push(format!("{key}.url `{text}`: {e}"));
+                None
+            }
+        };
+        // The duplicate check below compares what was written (normalized when valid).
+        url_texts.push(url.as_ref().map_or(text, ToString::to_string));
         let lock_retention = match &zc.lock_retention {
             None => None,
-            Some(_) if zone != Zone::Reserved || !url.starts_with("s3://") => {
+            Some(_) if zone != Zone::Reserved || !on_s3 => {
                 problems.push(format!(
                     "{key}.lock_retention: S3 Object Lock applies only to a reserved zone on S3"
                 ));
@@ -602,19 +598,22 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
                 DEFAULT_MIN_FREE
             }),
         };
-        zones.push(ZoneSettings {
-            zone,
-            url,
-            capacity: Capacity {
-                max_backups,
-                max_bytes,
-            },
-            lock_retention,
-            min_free: if zone == Zone::BlackBox { min_free } else { 0 },
-        });
+        // Without a usable URL there are problems, and no settings are built.
+        if let Some(url) = url {
+            zones.push(ZoneSettings {
+                zone,
+                url,
+                capacity: Capacity {
+                    max_backups,
+                    max_bytes,
+                },
+                lock_retention,
+                min_free: if zone == Zone::BlackBox { min_free } else { 0 },
+            });
+        }
     }
     {
-        let mut urls: Vec<&str> = zones.iter().map(|z| z.url.trim_end_matches('/')).collect();
+        let mut urls: Vec<&str> = url_texts.iter().map(|u| u.trim_end_matches('/')).collect();
         urls.sort_unstable();
         if urls.windows(2).any(|w| w[0] == w[1]) {
             problems.push("two zones have the same url: every zone needs its own place".into());
@@ -741,8 +740,8 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
         }
         let mut dirs = vec![("data_dir".to_owned(), data_dir.clone())];
         for z in &zones {
-            if let Some(p) = z.url.strip_prefix("file://") {
-                dirs.push((format!("zone {} ({})", z.zone, z.url), PathBuf::from(p)));
+            if let Some(p) = z.url.local_dir() {
+                dirs.push((format!("zone {} ({})", z.zone, z.url), p.to_path_buf()));
             }
         }
         for (what, dir) in dirs {
@@ -751,8 +750,7 @@ fn validate(raw: RawConfig, file: Option<PathBuf>, deep: bool) -> Result<Setting
             }
         }
         for z in &zones {
-            if let Some(p) = z.url.strip_prefix("file://") {
-                let zp = PathBuf::from(p);
+            if let Some(zp) = z.url.local_dir() {
                 for src in &sources {
                     if zp.starts_with(src) {
                         warnings.push(format!(
@@ -893,7 +891,7 @@ impl Settings {
                 Zone::Deletion => "zones.deletion",
                 Zone::Reserved => "zones.reserved",
             };
-            v.push((format!("{key}.url"), z.url.clone()));
+            v.push((format!("{key}.url"), z.url.to_string()));
             v.push((
                 format!("{key}.max_backups"),
                 z.capacity.max_backups.to_string(),
@@ -1007,7 +1005,67 @@ mod tests {
         assert_eq!(s.zone(Zone::BlackBox).capacity.max_backups, 3);
         assert_eq!(s.zone(Zone::Deletion).capacity.max_backups, 30);
         assert_eq!(s.zone(Zone::Reserved).capacity.max_backups, 30);
-        assert_eq!(s.zone(Zone::Reserved).url, "file:///d/reserved");
+        assert_eq!(s.zone(Zone::Reserved).url.to_string(), "file:///d/reserved");
+    }
+
+    #[test]
+    fn zone_urls_are_parsed_once_and_explained() {
+        let s = load_str(
+            "source.paths = [\"/srv\"]\ndata_dir = \"/d\"\n\
+             [zones.black_box]\nurl = \"file:///d/./bb/\"\n\
+             [zones.deletion]\nurl = \"s3://bucket/zone/\"\n\
+             [zones.reserved]\nurl = \"s3://bucket\"\nlock_retention = \"1d\"\n",
+        )
+        .unwrap();
+        let bb = &s.zone(Zone::BlackBox).url;
+        assert_eq!(bb.local_dir(), Some(Path::new("/d/bb")));
+        assert_eq!(bb.to_string(), "file:///d/bb");
+        let del = &s.zone(Zone::Deletion).url;
+        assert_eq!(
+            (del.bucket(), del.key_prefix().as_str()),
+            (Some("bucket"), "zone/")
+        );
+        assert_eq!(del.to_string(), "s3://bucket/zone/", "as written");
+        assert_eq!(s.zone(Zone::Reserved).url.to_string(), "s3://bucket");
+
+        let e = load_str(
+            "source.paths = [\"/srv\"]\n\
+             [zones.black_box]\nurl = \"s3://\"\n\
+             [zones.deletion]\nurl = \"file://relative\"\n\
+             [zones.reserved]\nurl = \"/plain/path\"\nlock_retention = \"1d\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for problem in [
+            "zones.black_box.url `s3://`: the black box is a local directory (on SSD); only \
+             the deletion and reserved zones can be S3 buckets",
+            "zones.deletion.url `file://relative`: a file URL needs an absolute path \
+             (file:///var/lib/...)",
+            "zones.reserved.url `/plain/path`: expected file:///path or s3://bucket/prefix",
+            "zones.reserved.lock_retention: S3 Object Lock applies only to a reserved zone on S3",
+        ] {
+            assert!(e.contains(problem), "{problem}\n in: {e}");
+        }
+        let e = load_str(
+            "source.paths = [\"/srv\"]\n[zones.deletion]\nurl = \"s3:///zone\"\n\
+             [zones.reserved]\nurl = \"s3://b/x/\"\n[zones.black_box]\nurl = \"file:///bb\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "zones.deletion.url `s3:///zone`: no bucket name (expected s3://bucket or \
+                 s3://bucket/prefix)"
+            ),
+            "{e}"
+        );
+        let e = load_str(
+            "source.paths = [\"/srv\"]\n[zones.deletion]\nurl = \"s3://b/x\"\n\
+             [zones.reserved]\nurl = \"s3://b/x/\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("two zones have the same url"), "{e}");
     }
 
     #[test]

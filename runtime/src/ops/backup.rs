@@ -2,7 +2,7 @@
 //! into the reserved zone: admission, hooks, the archive, the commit.
 
 use std::fs::{self};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -98,8 +98,8 @@ impl Tierkeep {
             self.settings
                 .zone(Zone::BlackBox)
                 .url
-                .strip_prefix("file://")
-                .map(PathBuf::from)
+                .local_dir()
+                .map(Path::to_path_buf)
         })?;
         let mut probe = dir.as_path();
         // The zone's directory may not exist yet: ask its nearest existing ancestor.
@@ -282,8 +282,8 @@ impl Tierkeep {
     ) -> Result<Manifest, OpsError> {
         let mut skip = vec![self.settings.data_dir.clone()];
         for z in &self.settings.zones {
-            if let Some(p) = z.url.strip_prefix("file://") {
-                skip.push(PathBuf::from(p));
+            if let Some(p) = z.url.local_dir() {
+                skip.push(p.to_path_buf());
             }
         }
         let opts = WriteOptions {

@@ -14,7 +14,6 @@
 //! Every step passes a named fault point ([`crate::faults`]).
 
 use std::collections::HashSet;
-use std::fs;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -29,7 +28,7 @@ use crate::ops::{OpsError, Tierkeep};
 use crate::plan::{Action, Plan, State, plan_room, plan_tick};
 use crate::policy::Measured;
 use crate::progress::Progress;
-use crate::store::{BackupKey, StoreError};
+use crate::store::{self, BackupKey, StoreError};
 
 /// What one pass of aging and eviction did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -313,22 +312,13 @@ impl Tierkeep {
         progress: &Progress,
     ) -> Result<(), OpsError> {
         let dst = self.store(Zone::Deletion);
-        let (path, fetched) = match dst.local_archive(key) {
-            Some(p) => (p, false),
-            None => {
-                let dest = self.staging()?.join(format!(
-                    "{}-{}.verify.partial",
-                    self.settings.host_id, rec.id
-                ));
-                dst.fetch_archive(key, &dest, progress.callback()).await?;
-                (dest, true)
-            }
-        };
-        let verified = self.verify_copy_of(rec, &path, &Progress::hidden()).await;
-        if fetched {
-            let _ = fs::remove_file(&path);
-        }
-        verified
+        let dest = self.staging()?.join(format!(
+            "{}-{}.verify.partial",
+            self.settings.host_id, rec.id
+        ));
+        let copy = store::readable_copy(dst.as_ref(), key, &dest, progress.callback()).await?;
+        self.verify_copy_of(rec, copy.path(), &Progress::hidden())
+            .await
     }
 
     /// Carries out `plan`'s steps in order, stopping at the first that fails. The

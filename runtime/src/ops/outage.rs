@@ -61,7 +61,7 @@ impl Tierkeep {
         );
         OpsError::ZoneUnreachable {
             zone,
-            url: self.settings.zone(zone).url.clone(),
+            url: self.settings.zone(zone).url.to_string(),
             since,
             error,
         }

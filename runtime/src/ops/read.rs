@@ -14,7 +14,7 @@ use crate::archive::{ArchiveError, verify_file};
 use crate::catalog::{Record, State};
 use crate::domain::Zone;
 use crate::progress::Progress;
-use crate::store::StoreError;
+use crate::store::{self, StoreError};
 
 /// What a restore did.
 #[derive(Debug, Clone, Serialize)]
@@ -288,21 +288,14 @@ impl Tierkeep {
                 rec.zone
             )));
         }
-        let (path, exported) = if let Some(p) = store.local_archive(&key) {
-            (p, false)
-        } else {
-            let dest =
-                self.staging()?
-                    .join(format!("{}.verify-{}.tar.zst", rec.id, std::process::id()));
-            store
-                .fetch_archive(&key, &dest, progress.callback())
-                .await?;
-            (dest, true)
-        };
+        let dest =
+            self.staging()?
+                .join(format!("{}.verify-{}.tar.zst", rec.id, std::process::id()));
+        let copy = store::readable_copy(store.as_ref(), &key, &dest, progress.callback()).await?;
         let expected = (rec.size_bytes, rec.sha256.clone());
         let bar = progress.clone();
         bar.phase("verify", rec.size_bytes);
-        let check = path.clone();
+        let check = copy.path().to_path_buf();
         let result = tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
             let mut cb = |n| bar.inc(n);
             if deep {
@@ -313,9 +306,6 @@ impl Tierkeep {
         })
         .await
         .map_err(|e| OpsError::Internal(e.to_string()))?;
-        if exported {
-            let _ = fs::remove_file(&path);
-        }
         Ok(result?)
     }
 }

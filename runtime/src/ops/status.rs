@@ -106,7 +106,7 @@ impl Tierkeep {
                 };
             zones.push(ZoneStatus {
                 zone,
-                url: zs.url.clone(),
+                url: zs.url.to_string(),
                 backups,
                 bytes,
                 max_backups,

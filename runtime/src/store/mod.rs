@@ -1,12 +1,18 @@
 //! Zone stores: one async trait for every place a zone can live, with a local-directory
-//! implementation in [`local`] and an S3 one in [`s3`].
+//! implementation in [`local`], an S3 one in [`s3`], and an in-memory one for tests in
+//! [`memory`]. Zone URLs are parsed once into a [`ZoneUrl`] ([`url`]).
 //!
 //! Layout inside a zone: `<host-id>/<backup-id>/archive.tar.zst` and
 //! `<host-id>/<backup-id>/manifest.json`. The manifest is written last and is the commit
 //! marker; an archive without a manifest is an incomplete upload, never a backup.
 
 pub mod local;
+pub mod memory;
 pub mod s3;
+pub mod url;
+
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,7 +24,9 @@ use crate::archive::Manifest;
 use crate::domain::BackupId;
 
 pub use local::LocalStore;
+pub use memory::{MemoryStore, Op};
 pub use s3::{S3Settings, S3Store};
+pub use url::{ZoneUrl, ZoneUrlError};
 
 /// The archive's object name inside a backup's folder.
 pub const ARCHIVE_NAME: &str = "archive.tar.zst";
@@ -258,25 +266,88 @@ pub trait ZoneStore: Send + Sync + fmt::Debug {
     }
 }
 
-/// Opens the store for a zone URL: `file:///path`, a plain path, or
-/// `s3://bucket/prefix` (with `s3` settings).
-pub fn open(url: &str, s3: &S3Settings) -> Result<Arc<dyn ZoneStore>, StoreError> {
-    if let Some(rest) = url.strip_prefix("file://") {
-        return Ok(Arc::new(LocalStore::new(
-            url.to_owned(),
-            PathBuf::from(rest),
-        )));
+/// A local, readable file holding a backup's archive: the zone's own file when the zone
+/// is local, or a copy fetched from it, which is removed when this is dropped.
+#[derive(Debug)]
+pub struct ReadableCopy {
+    path: PathBuf,
+    fetched: bool,
+}
+
+impl ReadableCopy {
+    /// The file to read.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    if url.starts_with("s3://") {
-        return Ok(Arc::new(S3Store::new(url, s3)?));
+
+    /// Whether the file is a fetched copy (removed on drop) rather than the zone's own.
+    pub fn is_fetched(&self) -> bool {
+        self.fetched
     }
-    if url.contains("://") {
-        return Err(StoreError::Unsupported(format!(
-            "zone URL {url}: unknown scheme; expected file:///path or s3://bucket/prefix"
-        )));
+
+    /// Keeps the file: returns its path and whether it was fetched (then the caller
+    /// removes it).
+    pub fn keep(mut self) -> (PathBuf, bool) {
+        let fetched = std::mem::replace(&mut self.fetched, false);
+        (std::mem::take(&mut self.path), fetched)
     }
-    Ok(Arc::new(LocalStore::new(
-        format!("file://{url}"),
-        PathBuf::from(url),
-    )))
+}
+
+impl Drop for ReadableCopy {
+    fn drop(&mut self) {
+        if !self.fetched {
+            return;
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                path = %self.path.display(),
+                "cannot remove a fetched copy of an archive: {e}"
+            ),
+        }
+    }
+}
+
+/// Gives a readable local file of the archive of `key` in `store`: the zone's own file
+/// when it can be read in place ([`ZoneStore::local_archive`]), else a copy fetched to
+/// `fetch_to` (a new file, which the caller names so that its clean-up rules find
+/// leftovers of a crash), calling `progress` as bytes arrive. A fetch that fails
+/// removes what it wrote.
+///
+/// A local zone whose archive file is missing gives [`StoreError::NotFound`], as a
+/// remote one does.
+pub async fn readable_copy(
+    store: &dyn ZoneStore,
+    key: &BackupKey,
+    fetch_to: &Path,
+    progress: ProgressFn,
+) -> Result<ReadableCopy, StoreError> {
+    if let Some(path) = store.local_archive(key) {
+        if !path.is_file() {
+            return Err(StoreError::NotFound {
+                zone: store.url().to_owned(),
+                key: key.clone(),
+            });
+        }
+        return Ok(ReadableCopy {
+            path,
+            fetched: false,
+        });
+    }
+    // Armed before the fetch, so that a failed or cancelled fetch leaves nothing.
+    let copy = ReadableCopy {
+        path: fetch_to.to_path_buf(),
+        fetched: true,
+    };
+    store.fetch_archive(key, fetch_to, progress).await?;
+    Ok(copy)
+}
+
+/// Opens the store for a zone URL (with `s3` settings for an S3 zone).
+pub fn open(url: &ZoneUrl, s3: &S3Settings) -> Result<Arc<dyn ZoneStore>, StoreError> {
+    Ok(match url {
+        ZoneUrl::Local(dir) => Arc::new(LocalStore::new(url.to_string(), dir.clone())),
+        ZoneUrl::S3 { .. } => Arc::new(S3Store::new(url, s3)?),
+    })
 }

@@ -26,11 +26,11 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedHttpClient}
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use tokio::sync::Semaphore;
+use futures_util::{StreamExt, TryStreamExt, stream};
 
 use super::{
     ARCHIVE_NAME, BackupKey, Listed, ListedState, MANIFEST_NAME, ProgressFn, Retry, StoreError,
-    ZoneStore,
+    ZoneStore, ZoneUrl,
 };
 use crate::archive::Manifest;
 use crate::domain::{BackupId, validate_host_id};
@@ -135,23 +135,15 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    /// Opens `s3://bucket/prefix` with `settings`.
-    pub fn new(url: &str, settings: &S3Settings) -> Result<S3Store, StoreError> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| StoreError::Unsupported(format!("{url} is not an s3:// URL")))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
+    /// Opens the S3 zone `url` with `settings`.
+    pub fn new(url: &ZoneUrl, settings: &S3Settings) -> Result<S3Store, StoreError> {
+        let Some(bucket) = url.bucket().filter(|b| !b.is_empty()) else {
             return Err(StoreError::Unsupported(format!(
-                "zone URL {url}: no bucket name (expected s3://bucket/prefix)"
+                "zone URL {url}: not an S3 bucket (expected s3://bucket/prefix)"
             )));
-        }
-        let prefix = prefix.trim_matches('/');
-        let prefix = if prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{prefix}/")
         };
+        let bucket = bucket.to_owned();
+        let prefix = url.key_prefix();
         let region = settings
             .region
             .clone()
@@ -223,8 +215,8 @@ impl S3Store {
             )
             .build();
         Ok(S3Store {
-            url: url.to_owned(),
-            bucket: bucket.to_owned(),
+            url: url.to_string(),
+            bucket,
             prefix,
             client: Client::from_conf(conf),
             probe: Client::from_conf(probe),
@@ -550,83 +542,68 @@ impl S3Store {
         self.journal_start(object, &upload_id);
         let part_size = PART_SIZE.max(size.div_ceil(9_000));
         let parts = size.div_ceil(part_size);
-        let limit = Arc::new(Semaphore::new(CONCURRENCY));
-        let mut tasks = tokio::task::JoinSet::new();
-        for n in 0..parts {
-            let permit = limit
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|e| StoreError::Unsupported(e.to_string()))?;
-            let this = self.clone();
-            let object = object.to_owned();
-            let upload_id = upload_id.clone();
-            let src = src.to_path_buf();
-            let progress = progress.clone();
-            tasks.spawn(async move {
-                let _permit = permit;
-                let offset = n * part_size;
-                let len = part_size.min(size - offset);
-                let body = ByteStream::read_from()
-                    .path(&src)
-                    .offset(offset)
-                    .length(Length::Exact(len))
-                    .build()
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        zone: this.url.clone(),
-                        op: "read",
-                        path: src.clone(),
-                        cause: std::io::Error::other(e.to_string()),
-                    })?;
-                let out = this
-                    .client
-                    .upload_part()
-                    .bucket(&this.bucket)
-                    .key(&object)
-                    .upload_id(&upload_id)
-                    .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
-                    .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| this.err("upload part", &object, e))?;
-                progress(len);
-                crate::faults::checkpoint("s3.part_uploaded")
-                    .await
-                    .map_err(|e| StoreError::Unsupported(e.to_string()))?;
-                Ok::<_, StoreError>(
-                    CompletedPart::builder()
+        // At most CONCURRENCY parts in flight; the first failure drops (cancels) the
+        // others and aborts the upload.
+        let uploaded: Result<Vec<CompletedPart>, StoreError> = stream::iter(0..parts)
+            .map(|n| {
+                let progress = &progress;
+                let upload_id = &upload_id;
+                async move {
+                    let offset = n * part_size;
+                    let len = part_size.min(size - offset);
+                    let body = ByteStream::read_from()
+                        .path(src)
+                        .offset(offset)
+                        .length(Length::Exact(len))
+                        .build()
+                        .await
+                        .map_err(|e| StoreError::Io {
+                            zone: self.url.clone(),
+                            op: "read",
+                            path: src.to_path_buf(),
+                            cause: std::io::Error::other(e.to_string()),
+                        })?;
+                    let out = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(object)
+                        .upload_id(upload_id)
                         .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
-                        .set_e_tag(out.e_tag().map(str::to_owned))
-                        .build(),
-                )
-            });
-        }
-        let mut done = Vec::new();
-        let mut failure = None;
-        while let Some(r) = tasks.join_next().await {
-            match r {
-                Ok(Ok(part)) => done.push(part),
-                Ok(Err(e)) => {
-                    failure.get_or_insert(e);
+                        .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| self.err("upload part", object, e))?;
+                    progress(len);
+                    crate::faults::checkpoint("s3.part_uploaded")
+                        .await
+                        .map_err(|e| StoreError::Unsupported(e.to_string()))?;
+                    Ok::<_, StoreError>(
+                        CompletedPart::builder()
+                            .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
+                            .set_e_tag(out.e_tag().map(str::to_owned))
+                            .build(),
+                    )
                 }
-                Err(e) => {
-                    failure.get_or_insert(StoreError::Unsupported(format!("upload task: {e}")));
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await;
+        let mut done = match uploaded {
+            Ok(done) => done,
+            Err(e) => {
+                if let Err(abort) = self.abort(object, &upload_id).await {
+                    tracing::warn!(
+                        zone = %self.url,
+                        object,
+                        "could not abort the failed multipart upload ({abort}); the next \
+                         recovery aborts it"
+                    );
                 }
+                return Err(e);
             }
-        }
-        if let Some(e) = failure {
-            if let Err(abort) = self.abort(object, &upload_id).await {
-                tracing::warn!(
-                    zone = %self.url,
-                    object,
-                    "could not abort the failed multipart upload ({abort}); the next \
-                     recovery aborts it"
-                );
-            }
-            return Err(e);
-        }
+        };
         done.sort_by_key(|p| p.part_number());
         self.client
             .complete_multipart_upload()
@@ -1136,28 +1113,15 @@ impl ZoneStore for S3Store {
             let ranges: Vec<(u64, u64)> = (0..size.div_ceil(range))
                 .map(|i| (i * range, range.min(size - i * range)))
                 .collect();
-            let limit = Arc::new(Semaphore::new(CONCURRENCY));
-            let mut tasks = tokio::task::JoinSet::new();
-            for (offset, len) in ranges {
-                let permit = limit
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| StoreError::Unsupported(e.to_string()))?;
-                let this = self.clone();
-                let object = object.clone();
-                let file = file.clone();
-                let dest = dest.to_path_buf();
-                let progress = progress.clone();
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    this.get_range_into(&object, file, &dest, offset, len, &progress)
-                        .await
-                });
-            }
-            while let Some(r) = tasks.join_next().await {
-                r.map_err(|e| StoreError::Unsupported(format!("download task: {e}")))??;
-            }
+            // At most CONCURRENCY ranges in flight; the first failure drops (cancels)
+            // the others.
+            stream::iter(ranges)
+                .map(|(offset, len)| {
+                    self.get_range_into(&object, file.clone(), dest, offset, len, &progress)
+                })
+                .buffer_unordered(CONCURRENCY)
+                .try_for_each(|()| std::future::ready(Ok(())))
+                .await?;
         }
         file.sync_all().map_err(|e| io("fsync", e))?;
         Ok(())
