@@ -23,6 +23,8 @@ pub(crate) mod outage;
 pub mod read;
 pub mod recovery;
 pub mod status;
+#[cfg(test)]
+mod tests;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -68,29 +70,28 @@ pub struct Tierkeep {
 impl Tierkeep {
     /// Opens the zones of `settings`.
     pub fn new(settings: Settings) -> Result<Self, OpsError> {
+        let open = |zone: Zone| store::open(&settings.zone(zone).url, &settings.s3_settings(zone));
         let stores = [
-            store::open(
-                &settings.zone(Zone::BlackBox).url,
-                &settings.s3_settings(Zone::BlackBox),
-            )?,
-            store::open(
-                &settings.zone(Zone::Deletion).url,
-                &settings.s3_settings(Zone::Deletion),
-            )?,
-            store::open(
-                &settings.zone(Zone::Reserved).url,
-                &settings.s3_settings(Zone::Reserved),
-            )?,
+            open(Zone::BlackBox)?,
+            open(Zone::Deletion)?,
+            open(Zone::Reserved)?,
         ];
+        Ok(Self::with_stores(settings, stores))
+    }
+
+    /// The runtime of `settings` on the given zone stores (black box, deletion,
+    /// reserved) instead of the ones its URLs name: for tests on
+    /// [`crate::store::MemoryStore`]. The black box must be a local directory.
+    pub fn with_stores(settings: Settings, stores: [Arc<dyn ZoneStore>; 3]) -> Self {
         let policy = Arc::new(crate::policy::PolicyHost::configured(&settings));
-        Ok(Tierkeep {
+        Tierkeep {
             settings,
             stores,
             policy,
             recovered: std::sync::atomic::AtomicBool::new(false),
             open_hook: std::sync::Mutex::new(None),
             health: std::sync::Mutex::new(None),
-        })
+        }
     }
 
     /// The store of a zone.
