@@ -151,7 +151,7 @@ pub struct Plan {
 
 struct Planner<'a> {
     rules: &'a dyn Rules,
-    state: State,
+    state: &'a mut State,
     plan: Plan,
 }
 
@@ -277,7 +277,13 @@ impl Planner<'_> {
 /// One pass of the lifecycle at `state.now`: the policy's aging (each move preceded by
 /// the evictions that make room for it), then a black box over its capacity brought
 /// back within it, then a deletion zone over its capacity brought back within it.
-pub fn plan_tick(state: State, rules: &dyn Rules) -> Plan {
+pub fn plan_tick(mut state: State, rules: &dyn Rules) -> Plan {
+    plan_tick_on(&mut state, rules)
+}
+
+/// [`plan_tick`], leaving `state` as it will be once every step has been carried out
+/// (what a simulator needs; no copy of the state is made).
+pub fn plan_tick_on(state: &mut State, rules: &dyn Rules) -> Plan {
     let mut p = Planner {
         rules,
         state,
@@ -314,7 +320,17 @@ pub fn plan_tick(state: State, rules: &dyn Rules) -> Plan {
 /// Room in the black box for `incoming` new backups of `incoming_bytes`: its oldest
 /// backups aged early (damaged ones passed over), each move preceded by the evictions
 /// that make room for it. [`Plan::stuck`] is set when that cannot make enough room.
-pub fn plan_room(state: State, rules: &dyn Rules, incoming: u64, incoming_bytes: u64) -> Plan {
+pub fn plan_room(mut state: State, rules: &dyn Rules, incoming: u64, incoming_bytes: u64) -> Plan {
+    plan_room_on(&mut state, rules, incoming, incoming_bytes)
+}
+
+/// [`plan_room`], leaving `state` as it will be once every step has been carried out.
+pub fn plan_room_on(
+    state: &mut State,
+    rules: &dyn Rules,
+    incoming: u64,
+    incoming_bytes: u64,
+) -> Plan {
     let mut p = Planner {
         rules,
         state,

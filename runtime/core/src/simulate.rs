@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use crate::decision::{Attempt, PolicyFault, Rules};
 use crate::domain::{BackupId, BackupKind, BackupView, Capacity, Schedule, Usage};
-use crate::plan::{Action, Asked, Plan, State, plan_interval, plan_room, plan_tick};
+use crate::plan::{Action, Asked, Plan, State, plan_interval, plan_room_on, plan_tick_on};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -123,8 +123,8 @@ fn note(r: &mut SimReport, fault: Option<&PolicyFault>) {
     }
 }
 
-/// Records a plan's steps as events and carries them out on `state`.
-fn carry_out(r: &mut SimReport, state: &mut State, plan: &Plan) {
+/// Records a plan's steps as events (the planner has carried them out on the state).
+fn record(r: &mut SimReport, now: OffsetDateTime, plan: &Plan) {
     count(r, &plan.asked);
     for step in &plan.steps {
         let (kind, id) = match &step.action {
@@ -138,12 +138,11 @@ fn carry_out(r: &mut SimReport, state: &mut State, plan: &Plan) {
             }
         };
         r.events.push(SimEvent {
-            at: state.now,
+            at: now,
             kind,
             id: Some(id.to_string()),
         });
     }
-    plan.apply(state);
 }
 
 fn sample(r: &mut SimReport, state: &State) {
@@ -165,8 +164,8 @@ fn sample(r: &mut SimReport, state: &State) {
 
 /// Runs `rules` over the simulated period: at each interval the policy gives, a
 /// scheduled attempt (failing at the given rate) that, when it succeeds, first has the
-/// planner make room in the black box ([`plan_room`]); then a pass of the lifecycle
-/// ([`plan_tick`]). Every step of every plan succeeds.
+/// planner make room in the black box ([`plan_room_on`]); then a pass of the lifecycle
+/// ([`plan_tick_on`]). Every step of every plan succeeds.
 pub fn simulate(p: &SimParams, rules: &dyn Rules) -> SimReport {
     let mut r = SimReport {
         final_counts: Counts::default(),
@@ -221,8 +220,8 @@ pub fn simulate(p: &SimParams, rules: &dyn Rules) -> SimReport {
             });
             r.failed += 1;
         } else {
-            let plan = plan_room(state.clone(), rules, 1, p.backup_size);
-            carry_out(&mut r, &mut state, &plan);
+            let plan = plan_room_on(&mut state, rules, 1, p.backup_size);
+            record(&mut r, now, &plan);
             n += 1;
             let b = BackupView {
                 id: BackupId::new(now, n),
@@ -238,8 +237,8 @@ pub fn simulate(p: &SimParams, rules: &dyn Rules) -> SimReport {
             r.created += 1;
             state.black_box.push(b);
         }
-        let plan = plan_tick(state.clone(), rules);
-        carry_out(&mut r, &mut state, &plan);
+        let plan = plan_tick_on(&mut state, rules);
+        record(&mut r, now, &plan);
         sample(&mut r, &state);
         let d = plan_interval(&state, rules);
         note(&mut r, d.fault.as_ref());
