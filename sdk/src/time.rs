@@ -37,7 +37,7 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         humantime::DurationError::NumberOverflow => format!("`{text}` is too long"),
         _ => not_a_duration(),
     })?;
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return Err(format!("`{text}` is finer than a millisecond"));
     }
     u64::try_from(d.as_millis()).map_err(|_| format!("`{text}` is too long"))

@@ -556,9 +556,9 @@ pub fn format_duration(d: Duration) -> String {
         }
     }
     if nanos > 0 {
-        let (n, unit) = if nanos % 1_000_000 == 0 {
+        let (n, unit) = if nanos.is_multiple_of(1_000_000) {
             (nanos / 1_000_000, "ms")
-        } else if nanos % 1000 == 0 {
+        } else if nanos.is_multiple_of(1000) {
             (nanos / 1000, "us")
         } else {
             (nanos, "ns")
