@@ -5,6 +5,12 @@
 //!
 //! The nested cargo uses its own target directory (`<target>/policy-wasm`): the outer
 //! cargo holds the lock of the main one while build scripts run.
+//!
+//! The wasm target's standard library must be installed for the toolchain in use. When
+//! it is not (a toolchain installed before `rust-toolchain.toml` listed the target, or
+//! with `--profile minimal` and no targets), this script installs it with `rustup target
+//! add wasm32-unknown-unknown` for the active toolchain, saying so in a cargo warning;
+//! only when that is impossible (no rustup, offline) does the build stop, asking for it.
 
 use std::env;
 use std::fs;
@@ -49,6 +55,68 @@ fn policy_crates(root: &Path) -> Result<Vec<(String, String, PathBuf)>, String> 
     Ok(out)
 }
 
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+
+const MISSING_TARGET: &str = "\nthe wasm target is missing: run `rustup target add wasm32-unknown-unknown` \
+     (rust-toolchain.toml lists it, so rustup normally installs it)";
+
+/// Whether the toolchain's sysroot has the wasm target's standard library (`None` when
+/// rustc cannot say: the build then finds out).
+fn wasm_target_installed() -> Option<bool> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", WASM_TARGET])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let dir = Path::new(&dir);
+    Some(
+        fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+            })
+            .unwrap_or(false),
+    )
+}
+
+/// Installs the wasm target for the active toolchain with rustup when it is missing.
+/// rustup picks the toolchain the outer cargo runs on: its proxy passes
+/// `RUSTUP_TOOLCHAIN` down to this script, and the workspace root (the current
+/// directory here) holds `rust-toolchain.toml`.
+fn ensure_wasm_target(root: &Path) -> Result<(), String> {
+    if wasm_target_installed() != Some(false) {
+        return Ok(());
+    }
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").unwrap_or_else(|_| "the active toolchain".into());
+    println!(
+        "cargo:warning=the {WASM_TARGET} target (needed to build the policy components) is not \
+         installed for {toolchain}: installing it with `rustup target add {WASM_TARGET}`"
+    );
+    let out = Command::new("rustup")
+        .current_dir(root)
+        .args(["target", "add", WASM_TARGET])
+        .output();
+    match out {
+        Ok(o) if o.status.success() && wasm_target_installed() != Some(false) => {
+            println!("cargo:warning=installed the {WASM_TARGET} target for {toolchain}");
+            Ok(())
+        }
+        Ok(o) => Err(format!(
+            "`rustup target add {WASM_TARGET}` failed ({}):\n{}{MISSING_TARGET}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!(
+            "the {WASM_TARGET} target is not installed and rustup cannot be run ({e}) to \
+             install it{MISSING_TARGET}"
+        )),
+    }
+}
+
 fn run() -> Result<(), String> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
     let root = manifest_dir
@@ -80,6 +148,8 @@ fn run() -> Result<(), String> {
         );
     }
 
+    ensure_wasm_target(&root)?;
+
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -99,8 +169,7 @@ fn run() -> Result<(), String> {
         let hint = if stderr.contains("wasm32-unknown-unknown")
             && stderr.contains("target may not be installed")
         {
-            "\nthe wasm target is missing: run `rustup target add wasm32-unknown-unknown` \
-             (rust-toolchain.toml lists it, so rustup normally installs it)"
+            MISSING_TARGET
         } else {
             ""
         };

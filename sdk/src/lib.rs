@@ -29,6 +29,7 @@
 //! assert_eq!(tierkeep_sdk::testing::interval::<Quarterly>(&ctx), 15 * 60_000);
 //! ```
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod sim;
 pub mod testing;
 pub mod time;

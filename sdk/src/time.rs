@@ -12,30 +12,35 @@ pub const DAY: u64 = 24 * HOUR;
 /// One week.
 pub const WEEK: u64 = 7 * DAY;
 
-/// Parses a human duration: `90s`, `15m`, `4h`, `2d`, `1w`, `500ms`, or a bare number of
-/// milliseconds.
+/// Parses a human duration into milliseconds: `90s`, `15m`, `4h`, `2d`, `1w`, `500ms`,
+/// or a bare number of milliseconds (`250`). The units are those of tierkeep's
+/// configuration (the same parser, [`humantime::parse_duration`]): sums such as `1h30m`
+/// or `1h 30m`, fractions such as `1.5h`, and long names such as `2 hours` are read too.
+///
+/// Kept from the parser it replaced: a bare number is milliseconds (humantime wants a
+/// unit); units are lowercase (humantime reads `M` as months, a trap beside `m` for
+/// minutes, so any uppercase letter is refused). A duration finer than a millisecond
+/// (`1us`) is refused.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (e.g. 90s, 15m, 4h, 2d)"))?;
-    let unit_ms = match unit.trim() {
-        "" | "ms" => 1,
-        "s" => SECOND,
-        "m" | "min" => MINUTE,
-        "h" => HOUR,
-        "d" => DAY,
-        "w" => WEEK,
-        other => {
-            return Err(format!(
-                "`{text}`: unknown unit `{other}` (ms, s, m, h, d, w)"
-            ));
+    let not_a_duration = || format!("`{text}` is not a duration (e.g. 90s, 15m, 4h, 2d)");
+    if !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()) {
+        return t.parse().map_err(|_| format!("`{text}` is too long"));
+    }
+    if t.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!("`{text}`: units are lowercase (ms, s, m, h, d, w)"));
+    }
+    let d = humantime::parse_duration(t).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, .. } if !unit.is_empty() => {
+            format!("`{text}`: unknown unit `{unit}` (ms, s, m, h, d, w)")
         }
-    };
-    n.checked_mul(unit_ms)
-        .ok_or_else(|| format!("`{text}` is too long"))
+        humantime::DurationError::NumberOverflow => format!("`{text}` is too long"),
+        _ => not_a_duration(),
+    })?;
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return Err(format!("`{text}` is finer than a millisecond"));
+    }
+    u64::try_from(d.as_millis()).map_err(|_| format!("`{text}` is too long"))
 }
 
 /// Formats milliseconds as the largest whole unit (`90m`, `4h`, `1500ms`).
@@ -148,7 +153,23 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(90_000));
         assert_eq!(parse_duration("4h"), Ok(4 * HOUR));
         assert_eq!(parse_duration("250"), Ok(250));
-        assert!(parse_duration("4 parsecs").is_err());
+        assert_eq!(parse_duration(" 15 m "), Ok(15 * MINUTE));
+        assert_eq!(parse_duration("15min"), Ok(15 * MINUTE));
+        assert_eq!(parse_duration("2d"), Ok(2 * DAY));
+        assert_eq!(parse_duration("1w"), Ok(WEEK));
+        assert_eq!(parse_duration("500ms"), Ok(500));
+        assert_eq!(parse_duration("1h30m"), Ok(90 * MINUTE));
+        assert_eq!(parse_duration("1.5s"), Ok(1_500));
+        assert_eq!(
+            parse_duration("4 parsecs"),
+            Err("`4 parsecs`: unknown unit `parsecs` (ms, s, m, h, d, w)".into())
+        );
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("15M").is_err(), "not 15 months");
+        assert!(parse_duration("1us").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("20000000000000w").is_err());
         assert_eq!(format_duration(4 * HOUR), "4h");
         assert_eq!(format_duration(90 * MINUTE), "90m");
     }

@@ -495,53 +495,57 @@ pub fn next_scheduled(
     }
 }
 
-/// Parses a human duration: `90s`, `15m`, `4h`, `2d`, `1w`, or a sum such as `1h30m`.
+/// Parses a human duration: `90s`, `15m`, `4h`, `2d`, `1w`, a sum such as `1h30m` or
+/// `1h 30m`, or anything else [`humantime::parse_duration`] reads (`500ms`, `1.5h`,
+/// `2 hours`, `1y` = 365.25 days), with the differences kept from tierkeep's own parser:
+///
+/// - a bare number (`10`, even `0`) is refused: it has no unit (humantime reads `0` as
+///   zero);
+/// - units are lowercase: any uppercase letter is refused (humantime reads `M` as
+///   months, a trap beside `m` for minutes);
+/// - the error messages name the text and what was expected, as before.
+///
+/// What humantime adds over the parser it replaced: sub-second units (`ms`, `us`, `ns`),
+/// fractions (`1.5h`), `months`/`years`, and digits separated by spaces (`1 0s` is 10 s).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if t.is_empty() {
         return Err("empty duration".into());
     }
-    let mut total: u64 = 0;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!(
-                "`{text}` is not a duration: expected e.g. 90s, 15m, 4h, 2d or 1h30m"
-            ));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{text}`: number too large"))?;
-        rest = rest[digits..].trim_start();
-        let unit_len = rest.bytes().take_while(|c| c.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        let secs = match unit {
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "h" | "hr" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86_400,
-            "w" | "week" | "weeks" => 604_800,
-            "" => {
-                return Err(format!(
-                    "`{text}` has no unit: write e.g. {n}s, {n}m or {n}h"
-                ));
-            }
-            other => return Err(format!("`{text}`: unknown unit `{other}`")),
-        };
-        total = n
-            .checked_mul(secs)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| format!("`{text}` is too long"))?;
-        rest = rest[unit_len..].trim_start();
+    if t.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "`{text}` has no unit: write e.g. {t}s, {t}m or {t}h"
+        ));
     }
-    Ok(Duration::from_secs(total))
+    if let Some(c) = t.chars().find(char::is_ascii_uppercase) {
+        return Err(format!(
+            "`{text}`: units are lowercase (`{c}`): e.g. 90s, 15m, 4h, 2d or 1h30m"
+        ));
+    }
+    humantime::parse_duration(t).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("`{text}` has no unit: write e.g. {value}s, {value}m or {value}h")
+        }
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("`{text}`: unknown unit `{unit}`")
+        }
+        humantime::DurationError::NumberOverflow => format!("`{text}` is too long"),
+        humantime::DurationError::Empty => "empty duration".into(),
+        humantime::DurationError::InvalidCharacter(_)
+        | humantime::DurationError::NumberExpected(_) => {
+            format!("`{text}` is not a duration: expected e.g. 90s, 15m, 4h, 2d or 1h30m")
+        }
+    })
 }
 
-/// Formats a duration the way [`parse_duration`] reads it.
+/// Formats a duration the way [`parse_duration`] reads it: days, hours, minutes and
+/// seconds run together (`1d2h`, `1h30m`, `0s`), and a part of a second as `ms`, `us` or
+/// `ns` (`1s500ms`). Not [`humantime::format_duration`], which writes `1h 30m`, `2days`
+/// and months: operators' status lines and audit reasons keep this form.
 pub fn format_duration(d: Duration) -> String {
     let mut s = d.as_secs();
-    if s == 0 {
+    let nanos = d.subsec_nanos();
+    if s == 0 && nanos == 0 {
         return "0s".into();
     }
     let mut out = String::new();
@@ -550,6 +554,16 @@ pub fn format_duration(d: Duration) -> String {
             out.push_str(&format!("{}{unit}", s / len));
             s %= len;
         }
+    }
+    if nanos > 0 {
+        let (n, unit) = if nanos.is_multiple_of(1_000_000) {
+            (nanos / 1_000_000, "ms")
+        } else if nanos.is_multiple_of(1000) {
+            (nanos / 1000, "us")
+        } else {
+            (nanos, "ns")
+        };
+        out.push_str(&format!("{n}{unit}"));
     }
     out
 }
@@ -693,6 +707,10 @@ mod tests {
     #[case("1h30m", 5_400)]
     #[case("2d", 172_800)]
     #[case(" 1 w ", 604_800)]
+    #[case("1h 30m", 5_400)]
+    #[case("2 hours", 7_200)]
+    #[case("3 mins 20 secs", 200)]
+    #[case("1d2h3m4s", 93_784)]
     fn durations_parse(#[case] text: &str, #[case] secs: u64) {
         assert_eq!(parse_duration(text).unwrap(), Duration::from_secs(secs));
         assert_eq!(
@@ -706,8 +724,58 @@ mod tests {
     #[case("10")]
     #[case("h")]
     #[case("3 fortnights")]
+    #[case("0")]
+    #[case("15M")]
+    #[case("4H")]
+    #[case("1h-30m")]
+    #[case("99999999999999999999s")]
     fn bad_durations_explain(#[case] text: &str) {
-        assert!(parse_duration(text).is_err());
+        let e = parse_duration(text).expect_err(text);
+        assert!(e.contains(text.trim()) || e == "empty duration", "{e}");
+    }
+
+    #[test]
+    fn duration_messages_say_what_is_wrong() {
+        assert_eq!(
+            parse_duration("10").unwrap_err(),
+            "`10` has no unit: write e.g. 10s, 10m or 10h"
+        );
+        assert_eq!(
+            parse_duration("3 fortnights").unwrap_err(),
+            "`3 fortnights`: unknown unit `fortnights`"
+        );
+        assert!(parse_duration("1h 5").unwrap_err().contains("has no unit"));
+        assert!(
+            parse_duration("99999999999999999999s")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(
+            parse_duration("h")
+                .unwrap_err()
+                .contains("is not a duration")
+        );
+    }
+
+    #[rstest]
+    #[case(Duration::from_secs(0), "0s")]
+    #[case(Duration::from_secs(4 * 3600), "4h")]
+    #[case(Duration::from_secs(5_400), "1h30m")]
+    #[case(Duration::from_secs(93_784), "1d2h3m4s")]
+    #[case(Duration::from_secs(31 * 86_400), "31d")]
+    #[case(Duration::from_millis(1_500), "1s500ms")]
+    #[case(Duration::from_millis(500), "500ms")]
+    #[case(Duration::from_micros(2_001), "2001us")]
+    #[case(Duration::from_nanos(7), "7ns")]
+    fn durations_format_as_before_and_read_back(#[case] d: Duration, #[case] text: &str) {
+        assert_eq!(format_duration(d), text);
+        assert_eq!(parse_duration(text).unwrap(), d);
+    }
+
+    #[test]
+    fn sub_second_and_fractional_durations_are_read() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5_400));
     }
 
     #[rstest]
