@@ -373,7 +373,11 @@ impl Tierkeep {
             let plan = make(self.plan_state(catalog, now)?, &Measured(&*rules));
             match self.carry_out(catalog, &plan, now, progress, done).await {
                 Ok(()) => return Ok(plan),
-                Err(OpsError::Damaged { id, .. }) => done.damaged.push(id),
+                // Marked damaged by the move: planned again, it is passed over. (Found
+                // twice, it was not marked: stop rather than plan it again and again.)
+                Err(OpsError::Damaged { id, .. }) if !done.damaged.contains(&id) => {
+                    done.damaged.push(id)
+                }
                 Err(e) => return Err(e),
             }
         }
