@@ -1,0 +1,421 @@
+//! The writing side of a restore: entries' metadata, copying their data, each regular
+//! file written under its partial name and renamed into place, symlinks, hard links, and
+//! directories' modes and mtimes applied last.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+// `create_new` (O_CREAT|O_EXCL) never follows a symlink at the last component.
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+
+use super::checks::{Tree, hostile, original, safe_components};
+use crate::archive::ArchiveError;
+
+pub(super) fn parse_pax_time(value: &[u8]) -> Option<FileTime> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (neg, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut nanos: u32 = 0;
+    if !frac.is_empty() {
+        let digits: String = frac.chars().take(9).collect();
+        if !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        nanos = format!("{digits:0<9}").parse().ok()?;
+    }
+    if neg {
+        let total = -(i128::from(secs) * 1_000_000_000 + i128::from(nanos));
+        let s = total.div_euclid(1_000_000_000);
+        let n = total.rem_euclid(1_000_000_000);
+        Some(FileTime::from_unix_time(
+            i64::try_from(s).ok()?,
+            u32::try_from(n).ok()?,
+        ))
+    } else {
+        Some(FileTime::from_unix_time(secs, nanos))
+    }
+}
+
+/// An entry's metadata, from its header and PAX records.
+pub(super) struct Meta {
+    pub(super) mode: u32,
+    pub(super) uid: u64,
+    pub(super) gid: u64,
+    pub(super) mtime: FileTime,
+    /// Bytes of data.
+    pub(super) size: u64,
+}
+
+pub(super) fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, ArchiveError> {
+    let bad = |e| ArchiveError::stream("read", e);
+    let header = entry.header();
+    let mode = header.mode().map_err(bad)?;
+    let uid = header.uid().map_err(bad)?;
+    let gid = header.gid().map_err(bad)?;
+    let mut mtime =
+        FileTime::from_unix_time(i64::try_from(header.mtime().map_err(bad)?).unwrap_or(0), 0);
+    if let Some(exts) = entry.pax_extensions().map_err(bad)? {
+        for ext in exts.flatten() {
+            if ext.key_bytes() == b"mtime"
+                && let Some(t) = parse_pax_time(ext.value_bytes())
+            {
+                mtime = t;
+            }
+        }
+    }
+    Ok(Meta {
+        mode,
+        uid,
+        gid,
+        mtime,
+        size: entry.size(),
+    })
+}
+
+/// Copies an entry's data into `out` (or nowhere, to check it) and checks that all of
+/// it is there.
+pub(super) fn copy_data(
+    data: &mut impl Read,
+    size: u64,
+    mut out: Option<(&mut File, &Path)>,
+    buf: &mut [u8],
+) -> Result<u64, ArchiveError> {
+    let mut read = 0u64;
+    loop {
+        let n = data
+            .read(buf)
+            .map_err(|e| ArchiveError::stream("read", e))?;
+        if n == 0 {
+            break;
+        }
+        if let Some((file, path)) = out.as_mut() {
+            file.write_all(&buf[..n])
+                .map_err(|e| ArchiveError::io("write", *path, e))?;
+        }
+        read += n as u64;
+    }
+    if read < size {
+        return Err(ArchiveError::Truncated { read, size });
+    }
+    Ok(read)
+}
+
+const PARTIAL_SUFFIX: &[u8] = b".tierkeep-partial";
+
+/// `.NAME.tierkeep-partial` (`.N` added on later attempts), with NAME cut short enough
+/// that the whole fits in a file name (255 bytes).
+pub(super) fn partial_name(leaf: &[u8], attempt: u32) -> Vec<u8> {
+    let mut name = Vec::with_capacity(255);
+    name.push(b'.');
+    name.extend_from_slice(&leaf[..leaf.len().min(220)]);
+    name.extend_from_slice(PARTIAL_SUFFIX);
+    if attempt > 0 {
+        name.extend_from_slice(format!(".{attempt}").as_bytes());
+    }
+    name
+}
+
+/// A file being written under its partial name, removed when dropped unless it was
+/// renamed into place.
+pub(super) struct Partial {
+    pub(super) path: PathBuf,
+    file: File,
+    placed: bool,
+}
+
+impl Partial {
+    /// Creates the partial file for `leaf` in `dir`. One already there that is not an
+    /// entry of this archive (`is_entry`) was left by a killed restore: it is replaced.
+    pub(super) fn create(
+        dir: &Path,
+        leaf: &[u8],
+        is_entry: impl Fn(&[u8]) -> bool,
+    ) -> Result<Partial, ArchiveError> {
+        let mut attempt = 0;
+        let mut removed = false;
+        loop {
+            let name = partial_name(leaf, attempt);
+            let path = dir.join(OsStr::from_bytes(&name));
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(file) => {
+                    return Ok(Partial {
+                        path,
+                        file,
+                        placed: false,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    let leftover = !removed
+                        && !is_entry(&name)
+                        && fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir());
+                    if leftover {
+                        tracing::info!(path = %path.display(), "removing a partial file an interrupted restore left");
+                        fs::remove_file(&path).map_err(|e| ArchiveError::io("remove", &path, e))?;
+                        removed = true;
+                    } else {
+                        attempt += 1;
+                        removed = false;
+                    }
+                }
+                Err(e) => return Err(ArchiveError::io("create", &path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.placed
+            && let Err(e) = fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), "cannot remove the partial file: {e}");
+        }
+    }
+}
+
+pub(super) struct PendingDir {
+    path: PathBuf,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: FileTime,
+}
+
+/// The writing side of a restore.
+pub(super) struct Disk {
+    pub(super) root: PathBuf,
+    pub(super) owners: bool,
+    pub(super) keep_setuid: bool,
+    pub(super) only: Option<Vec<Vec<u8>>>,
+    pub(super) dirs: Vec<PendingDir>,
+}
+
+impl Disk {
+    pub(super) fn wanted(&self, comps: &[&[u8]]) -> bool {
+        match &self.only {
+            None => true,
+            Some(prefix) => {
+                comps.len() >= prefix.len()
+                    && prefix.iter().zip(comps).all(|(a, b)| a.as_slice() == *b)
+            }
+        }
+    }
+
+    /// Walks (creating where missing) the parent directories of `comps` below the root,
+    /// refusing any that is a symlink or not a directory. The model has refused those an
+    /// entry created; these were in the target before.
+    fn parent(&self, name: &[u8], comps: &[&[u8]], create: bool) -> Result<PathBuf, ArchiveError> {
+        let mut dir = self.root.clone();
+        for comp in &comps[..comps.len() - 1] {
+            dir.push(OsStr::from_bytes(comp));
+            match fs::symlink_metadata(&dir) {
+                Ok(md) if md.is_dir() => {}
+                Ok(md) if md.file_type().is_symlink() => {
+                    return Err(hostile(
+                        name,
+                        format!(
+                            "{} is a symlink that was in the target before the restore, and \
+                             nothing is written or linked through a symlink",
+                            dir.display()
+                        ),
+                    ));
+                }
+                Ok(_) => {
+                    return Err(hostile(
+                        name,
+                        format!("{} is in the way and is not a directory", dir.display()),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    fs::create_dir(&dir).map_err(|e| ArchiveError::io("create", &dir, e))?;
+                }
+                Err(e) => return Err(ArchiveError::io("stat", &dir, e)),
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Removes whatever non-directory is at `path` (never following a symlink).
+    fn clear(path: &Path) -> Result<(), ArchiveError> {
+        match fs::symlink_metadata(path) {
+            Ok(md) if md.is_dir() => Err(ArchiveError::io(
+                "replace",
+                path,
+                io::Error::new(io::ErrorKind::IsADirectory, "a directory is in the way"),
+            )),
+            Ok(_) => fs::remove_file(path).map_err(|e| ArchiveError::io("remove", path, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ArchiveError::io("stat", path, e)),
+        }
+    }
+
+    pub(super) fn dir(
+        &mut self,
+        name: &[u8],
+        comps: &[&[u8]],
+        meta: &Meta,
+    ) -> Result<(), ArchiveError> {
+        let path = self
+            .parent(name, comps, true)?
+            .join(OsStr::from_bytes(comps[comps.len() - 1]));
+        match fs::symlink_metadata(&path) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                Self::clear(&path)?;
+                fs::create_dir(&path).map_err(|e| ArchiveError::io("create", &path, e))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&path).map_err(|e| ArchiveError::io("create", &path, e))?;
+            }
+            Err(e) => return Err(ArchiveError::io("stat", &path, e)),
+        }
+        self.dirs.push(PendingDir {
+            path,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime: meta.mtime,
+        });
+        Ok(())
+    }
+
+    /// Writes a regular file under its partial name and renames it into place once its
+    /// data, owner, mode and mtime are set. Returns the bytes written and a warning if
+    /// setuid or setgid bits were dropped.
+    pub(super) fn file(
+        &mut self,
+        tree: &Tree,
+        name: &[u8],
+        comps: &[&[u8]],
+        data: &mut impl Read,
+        meta: &Meta,
+        buf: &mut [u8],
+    ) -> Result<(u64, Option<String>), ArchiveError> {
+        let parent = self.parent(name, comps, true)?;
+        let (dir_comps, leaf) = comps.split_at(comps.len() - 1);
+        let leaf = leaf[0];
+        let path = parent.join(OsStr::from_bytes(leaf));
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(ArchiveError::io(
+                "replace",
+                &path,
+                io::Error::new(io::ErrorKind::IsADirectory, "a directory is in the way"),
+            ));
+        }
+        let mut partial = Partial::create(&parent, leaf, |n| tree.holds(dir_comps, n))?;
+        let written = copy_data(
+            data,
+            meta.size,
+            Some((&mut partial.file, &partial.path)),
+            buf,
+        )?;
+        if self.owners {
+            std::os::unix::fs::fchown(&partial.file, Some(meta.uid as u32), Some(meta.gid as u32))
+                .map_err(|e| ArchiveError::io("chown", &partial.path, e))?;
+        }
+        let mut mode = meta.mode & 0o7777;
+        let mut warning = None;
+        if mode & 0o6000 != 0 && !self.keep_setuid {
+            warning = Some(format!(
+                "{}: setuid/setgid bits dropped (mode {mode:04o} restored as {:04o}) because \
+                 the target is not /; pass --keep-setuid to keep them",
+                original(&comps.join(&b'/')),
+                mode & !0o6000
+            ));
+            mode &= !0o6000;
+        }
+        partial
+            .file
+            .set_permissions(Permissions::from_mode(mode))
+            .map_err(|e| ArchiveError::io("chmod", &partial.path, e))?;
+        filetime::set_file_handle_times(&partial.file, Some(meta.mtime), Some(meta.mtime))
+            .map_err(|e| ArchiveError::io("set mtime of", &partial.path, e))?;
+        crate::faults::point("restore.before_rename").map_err(|f| {
+            ArchiveError::io("rename", &partial.path, io::Error::other(f.to_string()))
+        })?;
+        fs::rename(&partial.path, &path)
+            .map_err(|e| ArchiveError::io("rename the partial file into place as", &path, e))?;
+        partial.placed = true;
+        Ok((written, warning))
+    }
+
+    pub(super) fn symlink(
+        &mut self,
+        name: &[u8],
+        comps: &[&[u8]],
+        target: &[u8],
+        meta: &Meta,
+    ) -> Result<(), ArchiveError> {
+        let path = self
+            .parent(name, comps, true)?
+            .join(OsStr::from_bytes(comps[comps.len() - 1]));
+        Self::clear(&path)?;
+        std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
+            .map_err(|e| ArchiveError::io("create symlink", &path, e))?;
+        if self.owners {
+            std::os::unix::fs::lchown(&path, Some(meta.uid as u32), Some(meta.gid as u32))
+                .map_err(|e| ArchiveError::io("chown", &path, e))?;
+        }
+        filetime::set_symlink_file_times(&path, meta.mtime, meta.mtime)
+            .map_err(|e| ArchiveError::io("set mtime of", &path, e))
+    }
+
+    pub(super) fn hard_link(
+        &mut self,
+        name: &[u8],
+        comps: &[&[u8]],
+        target: &[u8],
+    ) -> Result<(), ArchiveError> {
+        let path = self
+            .parent(name, comps, true)?
+            .join(OsStr::from_bytes(comps[comps.len() - 1]));
+        let tcomps = safe_components(target).map_err(|r| hostile(name, r))?;
+        let source = self
+            .parent(name, &tcomps, false)?
+            .join(OsStr::from_bytes(tcomps[tcomps.len() - 1]));
+        match fs::symlink_metadata(&source) {
+            Ok(md) if !md.is_dir() => {}
+            Ok(_) => {
+                return Err(ArchiveError::io(
+                    "link to",
+                    &source,
+                    io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"),
+                ));
+            }
+            Err(e) => return Err(ArchiveError::io("stat", &source, e)),
+        }
+        Self::clear(&path)?;
+        fs::hard_link(&source, &path).map_err(|e| ArchiveError::io("create hard link", &path, e))
+    }
+
+    /// Applies directories' owners, modes and mtimes, deepest first, once their
+    /// contents are in place.
+    pub(super) fn finish_dirs(&mut self) -> Result<(), ArchiveError> {
+        self.dirs
+            .sort_by_key(|d| std::cmp::Reverse(d.path.as_os_str().len()));
+        for d in &self.dirs {
+            if self.owners {
+                std::os::unix::fs::lchown(&d.path, Some(d.uid as u32), Some(d.gid as u32))
+                    .map_err(|e| ArchiveError::io("chown", &d.path, e))?;
+            }
+            fs::set_permissions(&d.path, Permissions::from_mode(d.mode & 0o7777))
+                .map_err(|e| ArchiveError::io("chmod", &d.path, e))?;
+            filetime::set_file_times(&d.path, d.mtime, d.mtime)
+                .map_err(|e| ArchiveError::io("set mtime of", &d.path, e))?;
+        }
+        Ok(())
+    }
+}

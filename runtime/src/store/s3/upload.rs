@@ -1,0 +1,252 @@
+//! Uploads: multipart uploads with several parts in flight, read straight from the file,
+//! and the upload journal that notes each one in flight so that an upload a crash or an
+//! outage left behind is aborted later.
+
+use std::path::{Path, PathBuf};
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use super::client::is_404;
+use super::{CONCURRENCY, S3Store};
+use crate::store::{BackupKey, ProgressFn, StoreError};
+
+/// Part size (S3 allows up to 10,000 parts; the size grows for archives over ~160 GiB).
+const PART_SIZE: u64 = 16 << 20;
+
+/// One multipart upload in flight, as noted in the upload journal.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct JournalEntry {
+    bucket: String,
+    object: String,
+    upload_id: String,
+}
+
+impl S3Store {
+    /// The journal file of an upload.
+    fn journal_file(&self, upload_id: &str) -> Option<PathBuf> {
+        let dir = self.upload_journal.as_ref()?;
+        let name: String = upload_id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(120)
+            .collect();
+        Some(dir.join(format!("{}-{name}.upload", self.bucket)))
+    }
+
+    /// Notes an upload in flight (best effort: a failure only costs the later abort).
+    fn journal_start(&self, object: &str, upload_id: &str) {
+        let Some(path) = self.journal_file(upload_id) else {
+            return;
+        };
+        let entry = JournalEntry {
+            bucket: self.bucket.clone(),
+            object: object.to_owned(),
+            upload_id: upload_id.to_owned(),
+        };
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&path, serde_json::to_vec(&entry).unwrap_or_default()));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), "cannot note the multipart upload: {e}");
+        }
+    }
+
+    /// Forgets an upload that completed or was aborted.
+    fn journal_end(&self, upload_id: &str) {
+        if let Some(path) = self.journal_file(upload_id) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Uploads of this bucket noted in the journal, with their files.
+    fn journal_entries(&self) -> Vec<(PathBuf, JournalEntry)> {
+        let Some(dir) = &self.upload_journal else {
+            return Vec::new();
+        };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let path = e.path();
+                let entry: JournalEntry =
+                    serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+                (entry.bucket == self.bucket).then_some((path, entry))
+            })
+            .collect()
+    }
+
+    pub(super) async fn abort(&self, object: &str, upload_id: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            // Already gone (completed, aborted, or expired by the server).
+            Err(e) if e.code() == Some("NoSuchUpload") || is_404(&e) => {}
+            Err(e) => return Err(self.err("abort upload", object, e)),
+        }
+        self.journal_end(upload_id);
+        Ok(())
+    }
+
+    /// Multipart uploads under `prefix` that were never completed: (key, upload id).
+    pub(super) async fn list_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let out = match self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            // Some S3-compatible servers cannot list uploads; tierkeep aborts its own
+            // failed uploads as they fail, so there is nothing more to do there.
+            Err(SdkError::ServiceError(ctx)) if ctx.raw().status().as_u16() == 501 => {
+                tracing::debug!(zone = %self.url, "the server cannot list multipart uploads");
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(self.err("list uploads", prefix, e)),
+        };
+        Ok(out
+            .uploads()
+            .iter()
+            .filter_map(|u| Some((u.key()?.to_owned(), u.upload_id()?.to_owned())))
+            .collect())
+    }
+
+    /// Every upload in flight under `prefix`: those the server lists, and those the
+    /// journal noted (servers that cannot list uploads), without repeats.
+    pub(super) async fn uploads_under(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut all = self.list_uploads(prefix).await?;
+        for (_, e) in self.journal_entries() {
+            if e.object.starts_with(prefix) && !all.iter().any(|(_, u)| *u == e.upload_id) {
+                all.push((e.object, e.upload_id));
+            }
+        }
+        Ok(all)
+    }
+
+    pub(super) async fn abort_uploads(&self, key: &BackupKey) -> Result<(), StoreError> {
+        let prefix = self.object(key, "");
+        for (object, upload) in self.uploads_under(&prefix).await? {
+            self.abort(&object, &upload).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn put_multipart(
+        &self,
+        object: &str,
+        src: &Path,
+        size: u64,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .send()
+            .await
+            .map_err(|e| self.err("start upload", object, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        self.journal_start(object, &upload_id);
+        let part_size = PART_SIZE.max(size.div_ceil(9_000));
+        let parts = size.div_ceil(part_size);
+        // At most CONCURRENCY parts in flight; the first failure drops (cancels) the
+        // others and aborts the upload.
+        let uploaded: Result<Vec<CompletedPart>, StoreError> = stream::iter(0..parts)
+            .map(|n| {
+                let progress = &progress;
+                let upload_id = &upload_id;
+                async move {
+                    let offset = n * part_size;
+                    let len = part_size.min(size - offset);
+                    let body = ByteStream::read_from()
+                        .path(src)
+                        .offset(offset)
+                        .length(Length::Exact(len))
+                        .build()
+                        .await
+                        .map_err(|e| StoreError::Io {
+                            zone: self.url.clone(),
+                            op: "read",
+                            path: src.to_path_buf(),
+                            cause: std::io::Error::other(e.to_string()),
+                        })?;
+                    let out = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(object)
+                        .upload_id(upload_id)
+                        .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
+                        .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|e| self.err("upload part", object, e))?;
+                    progress(len);
+                    crate::faults::checkpoint("s3.part_uploaded")
+                        .await
+                        .map_err(|e| StoreError::Unsupported(e.to_string()))?;
+                    Ok::<_, StoreError>(
+                        CompletedPart::builder()
+                            .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
+                            .set_e_tag(out.e_tag().map(str::to_owned))
+                            .build(),
+                    )
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await;
+        let mut done = match uploaded {
+            Ok(done) => done,
+            Err(e) => {
+                if let Err(abort) = self.abort(object, &upload_id).await {
+                    tracing::warn!(
+                        zone = %self.url,
+                        object,
+                        "could not abort the failed multipart upload ({abort}); the next \
+                         recovery aborts it"
+                    );
+                }
+                return Err(e);
+            }
+        };
+        done.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("complete upload", object, e))?;
+        self.journal_end(&upload_id);
+        Ok(())
+    }
+}
