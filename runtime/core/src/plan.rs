@@ -122,7 +122,9 @@ pub struct Step {
     pub cause: Cause,
     /// Why, for the audit trail.
     pub reason: String,
-    /// Who decided: the policy's name, or the built-in rules'.
+    /// Who decided: the policy's name, the built-in rules' (when they stood in for a
+    /// faulty answer), or `host` for the host's own rule that a full black box ages its
+    /// oldest early (no policy is asked for that).
     pub by: String,
 }
 
