@@ -303,8 +303,8 @@ fn count(r: &mut Report, now: i64, asked: &[Asked]) {
     }
 }
 
-/// Records a plan's steps as events and carries them out on `state`.
-fn carry_out(r: &mut Report, state: &mut State, plan: &Plan) {
+/// Records a plan's steps as events (the planner has carried them out on the state).
+fn record(r: &mut Report, state: &State, plan: &Plan) {
     let now = ms(state.now);
     count(r, now, &plan.asked);
     for step in &plan.steps {
@@ -313,7 +313,6 @@ fn carry_out(r: &mut Report, state: &mut State, plan: &Plan) {
             Action::Evict { id } => Event::Evicted(now, id.to_string()),
         });
     }
-    plan.apply(state);
 }
 
 fn oldest_first(list: &[BackupView]) -> Vec<Backup> {
@@ -355,8 +354,8 @@ pub fn run<P: Policy>(sim: &Sim) -> Report {
         if failed {
             r.events.push(Event::Failed(now));
         } else {
-            let room = plan::plan_room(state.clone(), &rules, 1, sim.backup_size);
-            carry_out(&mut r, &mut state, &room);
+            let room = plan::plan_room_on(&mut state, &rules, 1, sim.backup_size);
+            record(&mut r, &state, &room);
             n += 1;
             let b = BackupView {
                 id: BackupId::new(state.now, n),
@@ -367,8 +366,8 @@ pub fn run<P: Policy>(sim: &Sim) -> Report {
             r.events.push(Event::Created(now, b.id.to_string()));
             state.black_box.push(b);
         }
-        let tick = plan::plan_tick(state.clone(), &rules);
-        carry_out(&mut r, &mut state, &tick);
+        let tick = plan::plan_tick_on(&mut state, &rules);
+        record(&mut r, &state, &tick);
         let interval = plan::plan_interval(&state, &rules);
         note(&mut r, now, "interval", interval.fault.as_ref());
         state.now =

@@ -348,24 +348,6 @@ pub fn plan_interval(state: &State, rules: &dyn Rules) -> Decision<Duration> {
     Decider { rules }.interval(&state.context())
 }
 
-impl Plan {
-    /// Carries the plan out on `state` as if every step succeeded (what the simulator
-    /// does; the engine's executors do the real work instead).
-    pub fn apply(&self, state: &mut State) {
-        for step in &self.steps {
-            match &step.action {
-                Action::Age { id, .. } => {
-                    if let Some(i) = state.black_box.iter().position(|b| &b.id == id) {
-                        let b = state.black_box.remove(i);
-                        state.deletion.push(b);
-                    }
-                }
-                Action::Evict { id } => state.deletion.retain(|b| &b.id != id),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,8 +398,8 @@ mod tests {
     #[test]
     fn a_tick_ages_what_is_due_making_room_first() {
         // T2 = 4 h at 10:00: hours 0..=6 are due; the deletion zone (cap 3) holds 3.
-        let s = state(&[5, 6, 7, 8, 9], &[0, 1, 2], (5, 3));
-        let plan = plan_tick(s.clone(), &BuiltinRules);
+        let mut after = state(&[5, 6, 7, 8, 9], &[0, 1, 2], (5, 3));
+        let plan = plan_tick_on(&mut after, &BuiltinRules);
         let a = actions(&plan);
         assert_eq!(a.len(), 4, "{a:?}");
         assert!(
@@ -430,8 +412,6 @@ mod tests {
         );
         assert_eq!(plan.steps[1].cause, Cause::Aging);
         assert!(plan.steps[0].reason.contains("deletion zone full (3 of 3"));
-        let mut after = s;
-        plan.apply(&mut after);
         assert_eq!(after.black_box.len(), 3);
         assert_eq!(after.deletion.len(), 3);
     }

@@ -114,9 +114,11 @@ impl Tierkeep {
     /// The policy's interval for `ctx` (checked; the built-in rules' on a fault).
     pub fn decide_interval(&self, ctx: &PolicyContext) -> std::time::Duration {
         let rules = self.policy.rules();
-        let started = std::time::Instant::now();
-        let d = Decider { rules: &*rules }.interval(ctx);
-        crate::policy::report_fault(rules.name(), "interval", started, &d);
+        let d = Decider {
+            rules: &Measured(&*rules),
+        }
+        .interval(ctx);
+        crate::policy::report_fault(rules.name(), "interval", d.fault.as_ref());
         d.value
     }
 
@@ -333,7 +335,7 @@ impl Tierkeep {
     ) -> Result<(), OpsError> {
         let rules = self.policy.rules();
         for asked in &plan.asked {
-            crate::policy::report_planned_fault(rules.name(), asked);
+            crate::policy::report_fault(rules.name(), asked.decision, asked.fault.as_ref());
         }
         for step in &plan.steps {
             let (Action::Age { id, .. } | Action::Evict { id }) = &step.action;
@@ -391,7 +393,7 @@ impl Tierkeep {
         incoming_bytes: u64,
         now: OffsetDateTime,
         progress: &Progress,
-    ) -> Result<Done, OpsError> {
+    ) -> Result<(), OpsError> {
         let mut done = Done::default();
         let plan = self
             .plan_and_carry_out(catalog, now, progress, &mut done, |state, rules| {
@@ -401,7 +403,7 @@ impl Tierkeep {
         if !plan.stuck.is_empty() {
             return Err(stuck(&plan));
         }
-        Ok(done)
+        Ok(())
     }
 
     /// One pass of the lifecycle: recovery, aging of what has been in the black box for

@@ -4,33 +4,10 @@
 use crate::decision::{PolicyContext, PolicyFault, Room, Rules};
 use crate::domain::BackupView;
 
-/// Logs a decision's fault (with the policy's name) if it had one, and how long the
-/// whole decision (policy call and checks) took.
-pub fn report_fault<T>(
-    policy: &str,
-    what: &'static str,
-    started: std::time::Instant,
-    d: &crate::decision::Decision<T>,
-) {
-    crate::metrics::observe(
-        "tierkeep_policy_decision_seconds",
-        &[("decision", what)],
-        started.elapsed(),
-    );
-    if let Some(f) = &d.fault {
-        fault_seen(policy, what, f);
-    }
-}
-
-/// Logs and counts the fault of a decision the planner asked for, if it had one (its
-/// time was measured by [`Measured`]).
-pub fn report_planned_fault(policy: &str, asked: &crate::plan::Asked) {
-    if let Some(f) = &asked.fault {
-        fault_seen(policy, asked.decision, f);
-    }
-}
-
-fn fault_seen(policy: &str, what: &'static str, f: &PolicyFault) {
+/// Logs and counts a decision's fault (with the policy's name), if it had one. Its time
+/// is measured by [`Measured`].
+pub fn report_fault(policy: &str, what: &'static str, fault: Option<&PolicyFault>) {
+    let Some(f) = fault else { return };
     let fault = match f {
         PolicyFault::Trap(_) => "trap",
         PolicyFault::OutOfFuel => "out_of_fuel",

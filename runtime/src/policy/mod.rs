@@ -31,7 +31,7 @@ use bindings::tierkeep::policy::log as wit_log;
 use bindings::tierkeep::policy::types as wt;
 
 pub use self::compile::{POOL_SLOTS, compile_cached, engine};
-pub use self::faults::{Measured, report_fault, report_planned_fault};
+pub use self::faults::{Measured, report_fault};
 pub use self::host::{Deciding, PolicyHost, PolicyStatus};
 pub use self::wasm::{Interface, WasmPolicy};
 
