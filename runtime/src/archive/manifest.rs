@@ -4,10 +4,15 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::index::IndexRef;
 use crate::domain::{BackupId, BackupKind};
 
-/// The manifest format version this build writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The manifest format version this build writes: 2, a framed archive with an entry
+/// index. Format 1 (one zstd stream, no index) is read as well, forever.
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// The manifest formats this build reads.
+pub const READS_FORMATS: [u32; 2] = [1, 2];
 
 /// Everything needed to identify, verify and restore a backup with standard tools.
 /// Unknown fields are ignored (a newer tierkeep may add some); `format` says whether
@@ -47,6 +52,28 @@ pub struct Manifest {
     /// Files that changed, shrank or vanished while being read, and entries skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Format 2: where the entry index sits in the archive, and its SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexRef>,
+    /// Format 2: compressed bytes copied from the previous backup instead of being read
+    /// and compressed again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reused_bytes: u64,
+    /// Format 2: the backup those bytes were copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<BackupId>,
+    /// Format 2: when the sources were last read in full (this backup, or an earlier one
+    /// its reused frames go back to).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub full_read_at: Option<OffsetDateTime>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Manifest {
@@ -61,11 +88,19 @@ impl Manifest {
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("not a tierkeep manifest: {e}"))?;
-        if m.format != MANIFEST_FORMAT {
+        if !READS_FORMATS.contains(&m.format) {
             return Err(format!(
-                "manifest format {} is not supported by this tierkeep (reads format {})",
-                m.format, MANIFEST_FORMAT
+                "manifest format {} is not supported by this tierkeep (reads formats 1 and 2)",
+                m.format
             ));
+        }
+        if m.format == 2 && m.index.is_none() {
+            return Err("a format 2 manifest without its index".into());
+        }
+        if let Some(index) = &m.index
+            && (index.sha256.len() != 64 || !index.sha256.bytes().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err("manifest index.sha256 is not a hex SHA-256".into());
         }
         if m.archive_sha256.len() != 64 || !m.archive_sha256.bytes().all(|c| c.is_ascii_hexdigit())
         {

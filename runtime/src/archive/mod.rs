@@ -5,6 +5,8 @@
 //! [`write`] streams a source tree into an archive file; [`read`] verifies and extracts
 //! one, refusing entries that would escape the target.
 
+mod framer;
+pub mod index;
 pub mod manifest;
 pub mod read;
 pub mod write;
@@ -483,6 +485,7 @@ mod round_trip {
                 skip_paths: vec![],
                 level: 1,
                 threads: 0,
+                previous: None,
             };
             let summary = super::write::write_archive(&opts, &archive, &mut |_| {}).unwrap();
             prop_assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);

@@ -1,4 +1,4 @@
-//! `tierkeep backup [--manual] [--label TEXT]`
+//! `tierkeep backup [--manual] [--label TEXT] [--full-read]`
 
 use std::process::ExitCode;
 
@@ -18,6 +18,10 @@ pub struct BackupArgs {
     /// A label stored in the manifest.
     #[arg(long, value_name = "TEXT")]
     pub label: Option<String>,
+    /// Read and compress every file, copying nothing from the previous backup (a
+    /// scheduled backup otherwise copies the frames of unchanged files).
+    #[arg(long)]
+    pub full_read: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -36,7 +40,7 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
     let out = tokio::select! {
-        out = tk.backup(kind, a.label, &now, &progress) => out?,
+        out = tk.backup(kind, a.label, a.full_read, &now, &progress) => out?,
         _ = tokio::signal::ctrl_c() => return interrupted(&tk, "SIGINT").await,
         _ = term.recv() => return interrupted(&tk, "SIGTERM").await,
     };

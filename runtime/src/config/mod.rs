@@ -129,6 +129,10 @@ pub struct Settings {
     pub compression_level: i32,
     /// Compression threads.
     pub threads: u32,
+    /// Whether scheduled backups copy unchanged frames from the previous one.
+    pub reuse: bool,
+    /// How often every file is read in full despite reuse.
+    pub full_read_every: Duration,
     /// Non-fatal remarks (`config check` prints them).
     pub warnings: Vec<String>,
     /// The config file read, if any.

@@ -150,4 +150,9 @@ pub struct BackupConfig {
     pub compression_level: Option<i32>,
     /// Compression threads (default: all cores).
     pub threads: Option<u32>,
+    /// Copy the frames of unchanged files from the previous backup (default true).
+    pub reuse: Option<bool>,
+    /// Read every file in full at least this often, even when reuse is on (default
+    /// `7d`), so that a change hidden behind an unchanged mtime and ctime cannot last.
+    pub full_read_every: Option<String>,
 }

@@ -107,6 +107,11 @@ impl Settings {
             self.compression_level.to_string(),
         ));
         v.push(("backup.threads".into(), self.threads.to_string()));
+        v.push(("backup.reuse".into(), self.reuse.to_string()));
+        v.push((
+            "backup.full_read_every".into(),
+            format_duration(self.full_read_every),
+        ));
         v
     }
 }

@@ -295,6 +295,13 @@ pub(super) fn validate(
             .unwrap_or(1)
     });
 
+    let full_read_every = dur(
+        "backup.full_read_every",
+        &raw.backup.full_read_every,
+        "7d",
+        &mut problems,
+    )
+    .unwrap_or(Duration::from_secs(7 * 86_400));
     let shutdown_grace = dur(
         "daemon.shutdown_grace",
         &raw.daemon.shutdown_grace,
@@ -436,6 +443,8 @@ pub(super) fn validate(
         hooks,
         compression_level: level,
         threads,
+        reuse: raw.backup.reuse.unwrap_or(true),
+        full_read_every,
         warnings,
         file,
     })

@@ -351,7 +351,13 @@ impl Daemon {
             let now_fn = move || clock.now();
             match self
                 .tk
-                .backup(BackupKind::Scheduled, None, &now_fn, &Progress::hidden())
+                .backup(
+                    BackupKind::Scheduled,
+                    None,
+                    false,
+                    &now_fn,
+                    &Progress::hidden(),
+                )
                 .await
             {
                 Ok(out) => tracing::info!(

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::error::catch_up;
 use super::{OpsError, Tierkeep, io_err};
-use crate::archive::write::{WriteOptions, estimate, write_archive};
+use crate::archive::write::{PreviousArchive, WriteOptions, estimate, write_archive};
 use crate::archive::{MANIFEST_FORMAT, Manifest};
 use crate::catalog::Catalog;
 use crate::domain::{
@@ -18,6 +18,14 @@ use crate::domain::{
 };
 use crate::progress::Progress;
 use crate::store::{BackupKey, StoreError, ZoneStore};
+
+/// What a backup may copy from its predecessor.
+struct Reuse {
+    previous: Option<PreviousArchive>,
+    from: Option<BackupId>,
+    /// When the sources were last read in full, as the new manifest records it.
+    full_read_at: OffsetDateTime,
+}
 
 /// What a backup produced.
 #[derive(Debug, Clone, Serialize)]
@@ -51,11 +59,13 @@ impl Tierkeep {
     /// Takes a backup now: scheduled into the black box, manual into the reserved zone.
     /// A full zone refuses before any data is written.
     /// `clock` is read once the host lock is held, so the backup's time is the time its
-    /// data is read, not the time it started waiting.
+    /// data is read, not the time it started waiting. `full_read` reads every file even
+    /// where the previous backup's frames could be copied (`backup --full-read`).
     pub async fn backup(
         &self,
         kind: BackupKind,
         label: Option<String>,
+        full_read: bool,
         clock: &(dyn Fn() -> OffsetDateTime + Send + Sync),
         progress: &Progress,
     ) -> Result<BackupOutcome, OpsError> {
@@ -65,7 +75,7 @@ impl Tierkeep {
         let mut catalog = self.catalog()?;
         let zone = kind.home_zone();
         let result = self
-            .backup_locked(&mut catalog, kind, label, now, progress)
+            .backup_locked(&mut catalog, kind, label, full_read, now, progress)
             .await;
         let took = started.elapsed();
         let outcome = match &result {
@@ -122,6 +132,7 @@ impl Tierkeep {
         catalog: &mut Catalog,
         kind: BackupKind,
         label: Option<String>,
+        full_read: bool,
         now: OffsetDateTime,
         progress: &Progress,
     ) -> Result<Manifest, OpsError> {
@@ -238,6 +249,7 @@ impl Tierkeep {
                 catalog,
                 kind,
                 label,
+                full_read,
                 now,
                 &key,
                 &staged,
@@ -273,6 +285,7 @@ impl Tierkeep {
         catalog: &mut Catalog,
         kind: BackupKind,
         label: Option<String>,
+        full_read: bool,
         now: OffsetDateTime,
         key: &BackupKey,
         staged: &Path,
@@ -286,12 +299,14 @@ impl Tierkeep {
                 skip.push(p.to_path_buf());
             }
         }
+        let reuse = self.previous_for_reuse(catalog, kind, full_read, now);
         let opts = WriteOptions {
             sources: self.settings.sources.clone(),
             exclude: self.settings.exclude.clone(),
             skip_paths: skip,
             level: self.settings.compression_level,
             threads: self.settings.threads,
+            previous: reuse.previous.clone(),
         };
         let out = staged.to_path_buf();
         let bar = progress.clone();
@@ -361,7 +376,21 @@ impl Tierkeep {
             tool_version: format!("tierkeep {}", env!("CARGO_PKG_VERSION")),
             policy: self.policy.status().describe(),
             warnings: summary.warnings,
+            index: summary.index,
+            reused_bytes: summary.reused_bytes,
+            reused_from: (summary.reused_bytes > 0)
+                .then(|| reuse.from.clone())
+                .flatten(),
+            full_read_at: Some(reuse.full_read_at),
         };
+        if manifest.reused_bytes > 0 {
+            tracing::info!(
+                id = %manifest.id,
+                reused = manifest.reused_bytes,
+                from = %manifest.reused_from.as_ref().map(ToString::to_string).unwrap_or_default(),
+                "copied unchanged frames from the previous backup"
+            );
+        }
         // A byte limit can only be checked now that the size is known.
         let zone = kind.home_zone();
         let capacity = self.settings.zone(zone).capacity;
@@ -407,6 +436,75 @@ impl Tierkeep {
         store.put_archive(key, staged, progress.callback()).await?;
         store.put_manifest(&manifest).await?;
         Ok(manifest)
+    }
+
+    /// The previous backup a scheduled backup may copy frames from: the newest scheduled
+    /// backup of this host in the black box, of the same sources, in format 2, unless
+    /// reuse is off (`backup.reuse = false`), `backup --full-read` asked for a full read,
+    /// or the last full read is `backup.full_read_every` old. Never another host's (the
+    /// catalog holds this host's backups only) nor another source set's.
+    fn previous_for_reuse(
+        &self,
+        catalog: &Catalog,
+        kind: BackupKind,
+        full_read: bool,
+        now: OffsetDateTime,
+    ) -> Reuse {
+        let full = Reuse {
+            previous: None,
+            from: None,
+            full_read_at: now,
+        };
+        if kind != BackupKind::Scheduled || !self.settings.reuse {
+            return full;
+        }
+        let sources: Vec<String> = self
+            .settings
+            .sources
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let newest = match catalog.list(Some(Zone::BlackBox)) {
+            Ok(list) => list
+                .into_iter()
+                .find(|r| r.kind == BackupKind::Scheduled && r.host_id == self.settings.host_id),
+            Err(e) => {
+                tracing::warn!("cannot look for a previous backup to reuse: {e}");
+                None
+            }
+        };
+        let Some(prev) = newest else {
+            return full;
+        };
+        let m = &prev.manifest;
+        let (Some(index), true) = (m.index.clone(), m.source == sources) else {
+            tracing::debug!(id = %prev.id, "the previous backup has no index or other sources: a full read");
+            return full;
+        };
+        let last_full = m.full_read_at.unwrap_or(m.created_at);
+        if full_read {
+            tracing::info!("a full read, as asked: every file is read and compressed");
+            return full;
+        }
+        if now - last_full >= self.settings.full_read_every {
+            tracing::info!(
+                last_full = %last_full,
+                "a periodic full read (backup.full_read_every): every file is read and compressed"
+            );
+            return full;
+        }
+        let key = BackupKey {
+            host: self.settings.host_id.clone(),
+            id: prev.id.clone(),
+        };
+        let Some(path) = self.store(Zone::BlackBox).local_archive(&key) else {
+            return full;
+        };
+        Reuse {
+            previous: Some(PreviousArchive { path, index }),
+            from: Some(prev.id.clone()),
+            full_read_at: last_full,
+        }
     }
 
     /// Runs the post-backup hook, if any; a failure is logged loudly and counted, but

@@ -96,7 +96,13 @@ impl Fixture {
     async fn backup_at(&self, at: OffsetDateTime) -> String {
         let clock = move || at;
         self.tk
-            .backup(BackupKind::Scheduled, None, &clock, &Progress::hidden())
+            .backup(
+                BackupKind::Scheduled,
+                None,
+                false,
+                &clock,
+                &Progress::hidden(),
+            )
             .await
             .expect("backup")
             .manifest

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use time::OffsetDateTime;
 
 use super::*;
-use crate::archive::{MANIFEST_FORMAT, Manifest};
+use crate::archive::Manifest;
 use crate::domain::{BackupId, BackupKind};
 
 fn key(host: &str, minute: i64) -> BackupKey {
@@ -22,7 +22,8 @@ fn key(host: &str, minute: i64) -> BackupKey {
 
 fn manifest(key: &BackupKey, archive: &[u8]) -> Manifest {
     Manifest {
-        format: MANIFEST_FORMAT,
+        // A plain archive of arbitrary bytes: format 1 (format 2 names an index).
+        format: 1,
         id: key.id.clone(),
         host_id: key.host.clone(),
         kind: BackupKind::Scheduled,
@@ -37,6 +38,10 @@ fn manifest(key: &BackupKey, archive: &[u8]) -> Manifest {
         tool_version: "test".into(),
         policy: "default".into(),
         warnings: Vec::new(),
+        index: None,
+        reused_bytes: 0,
+        reused_from: None,
+        full_read_at: None,
     }
 }
 
