@@ -96,6 +96,10 @@ pub enum ArchiveError {
          restore over its contents"
     )]
     TargetNotEmpty(PathBuf),
+    /// A format 2 archive's entry index is missing, damaged or disagrees with the
+    /// archive.
+    #[error("the archive's entry index cannot be used: {0}")]
+    Index(String),
     /// The restore asked for a path the archive does not hold.
     #[error("the backup holds nothing at {0}")]
     PathNotInBackup(String),

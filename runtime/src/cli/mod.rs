@@ -22,6 +22,7 @@ mod config;
 mod delete;
 mod export;
 mod list;
+mod ls;
 mod output;
 mod policy;
 mod restore;
@@ -91,7 +92,10 @@ pub enum Command {
     Tick(tick::TickArgs),
     /// Zones' usage and capacity, next backup, last result, policy.
     Status(status::StatusArgs),
-    /// Restore a backup (black box in place; other zones are exported first).
+    /// List the entries of a backup (from its index: one ranged read in a bucket).
+    Ls(ls::LsArgs),
+    /// Restore a backup (black box in place; other zones are exported first; with
+    /// --path, only the frames holding the path are read).
     Restore(restore::RestoreArgs),
     /// Write a backup's archive to a file, for zstd and tar.
     Export(export::ExportArgs),
@@ -279,6 +283,7 @@ impl Command {
             | Command::Delete(_) => true,
             Command::Catalog(c) => matches!(c, catalog::CatalogCommand::Rebuild(_)),
             Command::List(_)
+            | Command::Ls(_)
             | Command::Status(_)
             | Command::Verify(_)
             | Command::Config(_)
@@ -293,6 +298,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => run::run(g, a).await,
         Command::Backup(a) => backup::run(g, a).await,
         Command::List(a) => list::run(g, a).await,
+        Command::Ls(a) => ls::run(g, a).await,
         Command::Status(a) => status::run(g, a).await,
         Command::Tick(a) => tick::run(g, a).await,
         Command::Restore(a) => restore::run(g, a).await,

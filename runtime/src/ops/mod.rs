@@ -4,6 +4,7 @@
 //!
 //! - [`backup`]: scheduled and manual backups (admission, hooks, archive, commit);
 //! - [`read`]: restore, export and verify, through one readable local copy;
+//! - [`browse`]: `ls` and `restore --path` through a format 2 archive's entry index;
 //! - [`lifecycle`]: carries out the planner's steps (moves, evictions) and `tick`;
 //! - [`recovery`]: brings zones and catalog back in line after an interrupted run;
 //! - [`locks`]: the host lock, the pins of copies being read, the work marker;
@@ -15,6 +16,7 @@
 //! calls back into a caller.
 
 pub mod backup;
+pub mod browse;
 pub mod error;
 pub mod lifecycle;
 pub mod locks;

@@ -33,6 +33,9 @@ pub struct RestoreOutcome {
     pub warnings: Vec<String>,
     /// Target.
     pub target: PathBuf,
+    /// Archive bytes read: the whole archive, or for `--path` of a format 2 backup only
+    /// its index and the frames holding the path.
+    pub archive_bytes_read: u64,
 }
 
 /// The verification of one backup.
@@ -101,29 +104,32 @@ impl Tierkeep {
         progress: &Progress,
     ) -> Result<RestoreOutcome, OpsError> {
         let (rec, _pin) = self.resolve_pinned(id).await?;
-        let only = match only {
-            Some(p) if !p.is_absolute() => {
-                return Err(OpsError::Usage(format!(
-                    "--path {}: give the original absolute path, e.g. /srv/app/config",
-                    p.display()
-                )));
-            }
-            Some(p)
-                if p.components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
-                    || p.to_string_lossy().trim_matches('/').is_empty() =>
-            {
-                return Err(OpsError::Usage(format!(
-                    "--path {}: give the absolute path of a file or directory inside the \
-                     backup, without `..` (omit --path to restore everything)",
-                    p.display()
-                )));
-            }
-            Some(p) => Some(PathBuf::from(
-                p.to_string_lossy().trim_start_matches('/').to_owned(),
-            )),
-            None => None,
-        };
+        let only = only
+            .map(|p| super::browse::stored_path("--path", p))
+            .transpose()?;
+        if let Some(only) = &only
+            && let Some((summary, read)) = self
+                .restore_frames(&rec, only, target, force, keep_setuid, progress)
+                .await?
+        {
+            tracing::info!(
+                id = %rec.id,
+                target = %target.display(),
+                entries = summary.entries,
+                archive_bytes_read = read,
+                "restored from the frames that hold the path"
+            );
+            return Ok(RestoreOutcome {
+                id: rec.id.to_string(),
+                zone: rec.zone,
+                exported_first: false,
+                entries: summary.entries,
+                bytes: summary.bytes,
+                warnings: summary.warnings,
+                target: target.to_path_buf(),
+                archive_bytes_read: read,
+            });
+        }
         let (archive, exported) = self.local_copy(&rec, progress).await?;
         let opts = ExtractOptions {
             target: target.to_path_buf(),
@@ -156,6 +162,7 @@ impl Tierkeep {
             bytes: summary.bytes,
             warnings: summary.warnings,
             target: target.to_path_buf(),
+            archive_bytes_read: rec.size_bytes,
         })
     }
 

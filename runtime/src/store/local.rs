@@ -305,6 +305,36 @@ impl ZoneStore for LocalStore {
         .await
     }
 
+    async fn read_range(
+        &self,
+        key: &BackupKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let this = self.clone();
+        let src = self.dir(key).join(ARCHIVE_NAME);
+        let key = key.clone();
+        blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let file = match std::fs::File::open(&src) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound {
+                        zone: this.url.clone(),
+                        key,
+                    });
+                }
+                Err(e) => return Err(this.err("open", &src, e)),
+            };
+            let len = usize::try_from(len).map_err(|e| StoreError::Unsupported(e.to_string()))?;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)
+                .map_err(|e| this.err("read", &src, e))?;
+            Ok(buf)
+        })
+        .await
+    }
+
     async fn delete(&self, key: &BackupKey) -> Result<(), StoreError> {
         let this = self.clone();
         let key = key.clone();

@@ -33,6 +33,8 @@ pub enum Op {
     PutManifest,
     /// [`ZoneStore::fetch_archive`]
     FetchArchive,
+    /// [`ZoneStore::read_range`]
+    ReadRange,
     /// [`ZoneStore::delete`]
     Delete,
     /// [`ZoneStore::check_lock`]
@@ -53,6 +55,7 @@ impl Op {
             Op::PutArchive => "put archive",
             Op::PutManifest => "put manifest",
             Op::FetchArchive => "fetch archive",
+            Op::ReadRange => "read range",
             Op::Delete => "delete",
             Op::CheckLock => "check lock",
             Op::RemoveIncomplete => "remove incomplete",
@@ -328,6 +331,30 @@ impl ZoneStore for MemoryStore {
         .map_err(|e| self.io("write", dest.to_path_buf(), e))?;
         progress(n);
         Ok(())
+    }
+
+    async fn read_range(
+        &self,
+        key: &BackupKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.with(Op::ReadRange, |st| {
+            let archive = st
+                .folders
+                .get(key)
+                .and_then(|f| f.archive.as_ref())
+                .ok_or_else(|| self.not_found(key))?;
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+            archive.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| {
+                self.io(
+                    "read",
+                    PathBuf::from(key.to_string()),
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                )
+            })
+        })
     }
 
     async fn delete(&self, key: &BackupKey) -> Result<(), StoreError> {

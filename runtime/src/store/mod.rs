@@ -243,6 +243,16 @@ pub trait ZoneStore: Send + Sync + fmt::Debug {
         progress: ProgressFn,
     ) -> Result<(), StoreError>;
 
+    /// Reads `len` bytes of the archive from `offset` (an index, the frames of one
+    /// file): a positioned read locally, one ranged GET on S3. Fewer bytes than asked is
+    /// an error.
+    async fn read_range(
+        &self,
+        key: &BackupKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError>;
+
     /// Deletes a backup: the manifest first (so a crash leaves an incomplete upload, never
     /// a half-deleted backup that looks whole), then the archive. A backup that the zone
     /// protects (S3 Object Lock) is refused with [`StoreError::Locked`] before anything is

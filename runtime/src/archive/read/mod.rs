@@ -51,6 +51,7 @@
 mod checks;
 mod decode;
 mod disk;
+pub mod frames;
 #[cfg(test)]
 mod tests;
 
@@ -138,6 +139,59 @@ pub fn check_archive(
     Ok((ex.summary.entries, bytes, sha))
 }
 
+/// Lists a whole archive by reading its stream (format 1 has no index): each entry's
+/// name, kind, size, mtime, mode, owner and link target, the other index fields zero.
+pub fn list_archive(archive: &Path) -> Result<Vec<super::index::Entry>, ArchiveError> {
+    use super::index::{Entry, Kind, Name};
+    let (rx, handle) = spawn_decoder(archive)?;
+    let mut noop = |_| {};
+    let reader = ChannelReader {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+        compressed_seen: 0,
+        progress: &mut noop,
+    };
+    let mut out = Vec::new();
+    let mut ar = tar::Archive::new(reader);
+    let read = |e| ArchiveError::stream("read", e);
+    for entry in ar.entries().map_err(read)? {
+        let mut entry = entry.map_err(read)?;
+        let kind = match entry.header().entry_type() {
+            EntryType::Regular | EntryType::Continuous => Kind::File,
+            EntryType::Directory => Kind::Dir,
+            EntryType::Symlink => Kind::Symlink,
+            EntryType::Link => Kind::Hardlink,
+            _ => continue,
+        };
+        let name = entry.path_bytes().into_owned();
+        let link = entry.link_name_bytes().map(|l| Name(l.into_owned()));
+        let meta = read_meta(&mut entry)?;
+        out.push(Entry {
+            name: Name(name),
+            kind,
+            size: meta.size,
+            mtime: meta.mtime.unix_seconds(),
+            mtime_nsec: i64::from(meta.mtime.nanoseconds()),
+            ctime: 0,
+            ctime_nsec: 0,
+            mode: meta.mode,
+            uid: u32::try_from(meta.uid).unwrap_or(u32::MAX),
+            gid: u32::try_from(meta.gid).unwrap_or(u32::MAX),
+            dev: 0,
+            ino: 0,
+            link: link.filter(|_| matches!(kind, Kind::Symlink | Kind::Hardlink)),
+            offset: 0,
+            data: 0,
+            frames: [0, 0],
+            chunked: false,
+        });
+    }
+    drop(ar);
+    let _ = handle.join();
+    Ok(out)
+}
+
 /// Extracts `archive` into `opts.target`.
 pub fn extract(
     archive: &Path,
@@ -147,17 +201,7 @@ pub fn extract(
     prepare_target(&opts.target, opts.force)?;
     let canonical =
         fs::canonicalize(&opts.target).map_err(|e| ArchiveError::io("resolve", &opts.target, e))?;
-    let only: Option<Vec<Vec<u8>>> = match &opts.only {
-        Some(p) => {
-            let bytes = p.as_os_str().as_bytes();
-            let comps = safe_components(bytes).map_err(|reason| ArchiveError::Hostile {
-                entry: p.display().to_string(),
-                reason,
-            })?;
-            Some(comps.into_iter().map(<[u8]>::to_vec).collect())
-        }
-        None => None,
-    };
+    let only = only_components(opts.only.as_deref())?;
     let (rx, handle) = spawn_decoder(archive)?;
     let mut reader = ChannelReader {
         rx,
@@ -186,6 +230,19 @@ pub fn extract(
     ex.summary.archive_bytes = bytes;
     ex.summary.archive_sha256 = sha;
     Ok(ex.summary)
+}
+
+/// The components of a `--path` (stored form), refused when it is not a safe name.
+fn only_components(only: Option<&Path>) -> Result<Option<Vec<Vec<u8>>>, ArchiveError> {
+    let Some(p) = only else {
+        return Ok(None);
+    };
+    let bytes = p.as_os_str().as_bytes();
+    let comps = safe_components(bytes).map_err(|reason| ArchiveError::Hostile {
+        entry: p.display().to_string(),
+        reason,
+    })?;
+    Ok(Some(comps.into_iter().map(<[u8]>::to_vec).collect()))
 }
 
 fn prepare_target(target: &Path, force: bool) -> Result<(), ArchiveError> {

@@ -26,6 +26,53 @@ impl S3Store {
         }
     }
 
+    /// One ranged GET into memory.
+    pub(super) async fn get_range(
+        &self,
+        object: &str,
+        key: &BackupKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .range(format!("bytes={}-{}", offset, offset + len - 1))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if is_404(&e) => return Err(self.not_found(key)),
+            Err(e) => return Err(self.err("get", object, e)),
+        };
+        let body = out.body.collect().await.map_err(|e| StoreError::Remote {
+            zone: self.url.clone(),
+            op: "download",
+            object: object.to_owned(),
+            message: e.to_string(),
+            retry: Retry::Temporary,
+        })?;
+        let bytes = body.into_bytes().to_vec();
+        if bytes.len() as u64 != len {
+            return Err(StoreError::Remote {
+                zone: self.url.clone(),
+                op: "download",
+                object: object.to_owned(),
+                message: format!(
+                    "asked for {len} bytes at offset {offset}, got {}",
+                    bytes.len()
+                ),
+                retry: Retry::Permanent,
+            });
+        }
+        Ok(bytes)
+    }
+
     pub(super) async fn get_range_into(
         &self,
         object: &str,

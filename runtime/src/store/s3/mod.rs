@@ -323,6 +323,16 @@ impl ZoneStore for S3Store {
         None
     }
 
+    async fn read_range(
+        &self,
+        key: &BackupKey,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StoreError> {
+        let object = self.object(key, ARCHIVE_NAME);
+        self.get_range(&object, key, offset, len).await
+    }
+
     async fn fetch_archive(
         &self,
         key: &BackupKey,
