@@ -350,6 +350,53 @@ fn random_file(path: &std::path::Path, mib: usize, seed: u64) {
 }
 
 #[test]
+fn ls_and_a_partial_restore_from_a_bucket_read_only_the_index_and_a_few_frames() {
+    let (host, _deletion, _reserved) = s3_host((1, 10, 10), "");
+    make_tree(&host.src());
+    random_file(&host.src().join("big.bin"), 24, 5);
+    let a = host.backup(&[]);
+    host.backup(&[]); // a ages into the bucket
+    assert_eq!(ids(&host, "deletion"), vec![id(&a)]);
+    let size = a["archive_bytes"].as_u64().expect("size");
+
+    let listing: serde_json::Value =
+        serde_json::from_str(&host.ok(&["ls", &id(&a), "--json"])).expect("json");
+    assert_eq!(listing["zone"], "deletion");
+    let read = listing["archive_bytes_read"].as_u64().expect("read");
+    assert!(read * 100 < size, "ls read {read} of {size}");
+    assert_eq!(
+        listing["entries"].as_array().expect("entries").len() as u64,
+        a["entries"].as_u64().expect("entries")
+    );
+
+    let conf = host.src().join("app/config/app.toml");
+    let target = host.root().join("one");
+    let out: serde_json::Value = serde_json::from_str(&host.ok(&[
+        "restore",
+        &id(&a),
+        "--to",
+        target.to_str().expect("utf8"),
+        "--path",
+        conf.to_str().expect("utf8"),
+        "--json",
+    ]))
+    .expect("json");
+    let read = out["archive_bytes_read"].as_u64().expect("read");
+    assert!(read * 50 < size, "a partial restore read {read} of {size}");
+    assert_eq!(out["exported_first"], false);
+    assert_eq!(
+        fs::read(target.join(entry_of(&conf))).expect("restored"),
+        b"port = 8080\n"
+    );
+    // Nothing was left in staging.
+    let staging = host.data().join("staging");
+    let left: Vec<_> = fs::read_dir(&staging)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn a_multipart_upload_killed_midway_is_aborted_by_the_next_run() {
     let (server, host, deletion) = {
         let server = s3::dedicated();

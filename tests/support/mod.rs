@@ -187,7 +187,7 @@ fn set_mtime(path: &Path, secs: i64, nanos: u32) {
     .expect("set mtime");
 }
 
-fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -420,6 +420,10 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
 }
 
 /// Hex SHA-256 of a file.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 pub fn sha256_file(path: &Path) -> String {
     let mut h = Sha256::new();
     h.update(fs::read(path).expect("read"));

@@ -299,18 +299,6 @@ impl Index {
         }
         Ok(())
     }
-
-    /// The frame numbers holding the stream bytes `[start, end)`.
-    pub fn frames_for(&self, start: u64, end: u64) -> std::ops::RangeInclusive<usize> {
-        let first = self
-            .frames
-            .partition_point(|f| f.raw_offset + f.raw_bytes <= start);
-        let last = self
-            .frames
-            .partition_point(|f| f.raw_offset < end)
-            .saturating_sub(1);
-        first..=last.max(first)
-    }
 }
 
 /// The seek table frame for frames of these (compressed, decompressed) sizes.

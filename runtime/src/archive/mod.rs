@@ -2,8 +2,12 @@
 //! times), compressed with zstd, plus a small JSON manifest. Any archive restores with
 //! `zstd -d < archive.tar.zst | tar -x` and its `sha256sum` matches the manifest.
 //!
-//! [`write`] streams a source tree into an archive file; [`read`] verifies and extracts
-//! one, refusing entries that would escape the target.
+//! Format 2 (written now) cuts the stream into independent frames and appends an entry
+//! index and a seek table in skippable frames ([`index`]); format 1 (one zstd stream,
+//! no index) is still read. [`write`] streams a source tree into an archive file,
+//! copying unchanged frames from the previous archive; [`read`] verifies and extracts
+//! one, refusing entries that would escape the target, in whole or from the frames that
+//! hold one path ([`read::frames`]).
 
 mod framer;
 pub mod index;

@@ -18,10 +18,18 @@ pub(super) type Decoder = (
 );
 
 /// Decompresses `archive` on a thread; returns the receiving end and the join handle
-/// yielding (archive bytes, hex SHA-256).
+/// yielding (archive bytes, hex SHA-256). An archive that ends with a seek table
+/// (format 2) has its frames decompressed in parallel; any other is one zstd stream.
 pub(super) fn spawn_decoder(archive: &Path) -> Result<Decoder, ArchiveError> {
     let file = File::open(archive).map_err(|e| ArchiveError::io("open", archive, e))?;
     let (tx, rx): (SyncSender<Chunk>, Receiver<Chunk>) = sync_channel(16);
+    if let Some(frames) = seek_table(&file) {
+        let handle = thread::Builder::new()
+            .name("tierkeep-decode".into())
+            .spawn(move || parallel::decode(file, &frames, &tx))
+            .map_err(|e| ArchiveError::stream("spawn decoder", e))?;
+        return Ok((rx, handle));
+    }
     let handle = thread::Builder::new()
         .name("tierkeep-decode".into())
         .spawn(move || -> io::Result<(u64, String)> {
@@ -66,6 +74,168 @@ pub(super) fn spawn_decoder(archive: &Path) -> Result<Decoder, ArchiveError> {
         })
         .map_err(|e| ArchiveError::stream("spawn decoder", e))?;
     Ok((rx, handle))
+}
+
+/// The largest decompressed frame the parallel decoder accepts from a seek table (the
+/// writer's are about 8 MiB at most); a table claiming more is not trusted, and the
+/// archive is read as one stream.
+const MAX_FRAME: u64 = 64 << 20;
+
+/// The frames listed by the seek table at the end of `file`, when there is one that
+/// accounts for the whole file with frames of a sane size.
+fn seek_table(file: &File) -> Option<Vec<(u64, u64)>> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata().ok()?.len();
+    if len < 17 {
+        return None;
+    }
+    let mut foot = [0u8; 9];
+    file.read_exact_at(&mut foot, len - 9).ok()?;
+    if foot[5..9] != 0x8F92_EAB1u32.to_le_bytes() {
+        return None;
+    }
+    let n = u64::from(u32::from_le_bytes([foot[0], foot[1], foot[2], foot[3]]));
+    let entry = if foot[4] & 0x80 != 0 { 12 } else { 8 };
+    let table = n.checked_mul(entry)?.checked_add(17)?;
+    if table > len || n > 10_000_000 {
+        return None;
+    }
+    let mut tail = vec![0u8; usize::try_from(table).ok()?];
+    file.read_exact_at(&mut tail, len - table).ok()?;
+    let frames = crate::archive::index::decode_seek_table(&tail).ok()?;
+    let total: u64 = frames.iter().map(|f| f.0).sum::<u64>() + table;
+    (total == len && frames.iter().all(|f| f.1 <= MAX_FRAME)).then_some(frames)
+}
+
+mod parallel {
+    //! Format 2's frames decompressed on every core: this thread reads the file in
+    //! order (hashing every byte) and hands each frame to a pool; an ordering thread
+    //! passes the results on in file order.
+
+    use std::collections::BTreeMap;
+    use std::fs::File;
+    use std::io::{self, Read};
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+    use std::sync::{Arc, Mutex};
+    use std::thread;
+
+    use super::Chunk;
+    use crate::archive::HashingReader;
+
+    type Job = (usize, Vec<u8>, u64, u64);
+    type Done = (usize, io::Result<Vec<u8>>, u64);
+
+    fn skippable(frame: &[u8]) -> bool {
+        frame.len() >= 4
+            && u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) >> 4 == 0x0184_D2A5
+    }
+
+    pub(super) fn decode(
+        file: File,
+        frames: &[(u64, u64)],
+        out: &SyncSender<Chunk>,
+    ) -> io::Result<(u64, String)> {
+        // Eight decompress faster than any disk writes; more would only hold memory.
+        let workers = thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        let (job_tx, job_rx) = sync_channel::<Job>(workers * 2);
+        let (done_tx, done_rx) = sync_channel::<Done>(workers * 2);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let mut pool = Vec::new();
+        for _ in 0..workers {
+            let rx = Arc::clone(&job_rx);
+            let tx = done_tx.clone();
+            pool.push(thread::spawn(move || work(&rx, &tx)));
+        }
+        drop(done_tx);
+        let out2 = out.clone();
+        let order = thread::spawn(move || in_order(&done_rx, &out2));
+        let mut reader = HashingReader::new(io::BufReader::with_capacity(1 << 20, file));
+        let mut position = 0u64;
+        let mut seq = 0usize;
+        let mut failed = None;
+        for &(bytes, raw) in frames {
+            let mut frame = vec![0u8; usize::try_from(bytes).unwrap_or(0)];
+            if let Err(e) = reader.read_exact(&mut frame) {
+                failed = Some(e);
+                break;
+            }
+            position += bytes;
+            if skippable(&frame) {
+                continue;
+            }
+            if job_tx.send((seq, frame, raw, position)).is_err() {
+                break;
+            }
+            seq += 1;
+        }
+        drop(job_tx);
+        for w in pool {
+            let _ = w.join();
+        }
+        let ordered = order
+            .join()
+            .unwrap_or(Err(io::Error::other("decoder thread panicked")));
+        if let Some(e) = failed {
+            let _ = out.send(Err(io::Error::new(e.kind(), e.to_string())));
+            return Err(e);
+        }
+        ordered?;
+        io::copy(&mut reader, &mut io::sink())?;
+        Ok(reader.finish())
+    }
+
+    fn work(rx: &Mutex<Receiver<Job>>, tx: &SyncSender<Done>) {
+        loop {
+            let job = match rx.lock() {
+                Ok(rx) => rx.recv(),
+                Err(_) => return,
+            };
+            let Ok((seq, frame, raw, position)) = job else {
+                return;
+            };
+            let cap = usize::try_from(raw).unwrap_or(0);
+            let result = zstd::bulk::decompress(&frame, cap).and_then(|data| {
+                if data.len() as u64 == raw {
+                    Ok(data)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "frame {seq} decompresses to {} bytes, its seek table entry says {raw}",
+                            data.len()
+                        ),
+                    ))
+                }
+            });
+            if tx.send((seq, result, position)).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn in_order(rx: &Receiver<Done>, out: &SyncSender<Chunk>) -> io::Result<()> {
+        let mut waiting = BTreeMap::new();
+        let mut next = 0usize;
+        for (seq, result, position) in rx {
+            waiting.insert(seq, (result, position));
+            while let Some((result, position)) = waiting.remove(&next) {
+                next += 1;
+                match result {
+                    Ok(data) => {
+                        if out.send(Ok((data, position))).is_err() {
+                            return Err(io::Error::other("extraction stopped"));
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        let _ = out.send(Err(e));
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(super) struct ChannelReader<'a> {

@@ -470,16 +470,19 @@ impl Writer<'_> {
         h
     }
 
-    /// Where the next entry starts: cuts the current frame first when it is full, or
-    /// when the previous archive has a unit starting with this entry (so the frames
-    /// after a change line up with the previous archive's again).
-    fn begin(&mut self, name: &[u8]) -> Result<(u64, u32), ArchiveError> {
+    /// Where the next entry starts: cuts the current frame first when it is full, before
+    /// a large file (whose headers get a frame of their own, so that a change to it
+    /// leaves the small files before it reusable), or when the previous archive has a
+    /// unit starting with this entry (so the frames after a change line up with the
+    /// previous archive's again).
+    fn begin(&mut self, name: &[u8], chunked: bool) -> Result<(u64, u32), ArchiveError> {
         let pending = self.framer.pending();
         let resync = pending > 0
-            && self
-                .previous
-                .as_ref()
-                .is_some_and(|p| p.unit(name).is_some());
+            && (chunked
+                || self
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| p.unit(name).is_some()));
         if pending >= GROUP_TARGET || resync {
             self.framer.cut().map_err(stream_err)?;
         }
@@ -499,10 +502,10 @@ impl Writer<'_> {
         data: &mut dyn Read,
         size: u64,
     ) -> Result<(), ArchiveError> {
-        let (offset, first) = self.begin(name)?;
+        let chunked = kind == Kind::File && size >= CHUNK;
+        let (offset, first) = self.begin(name, chunked)?;
         write_headers(&mut self.framer, header, md, name, link)?;
         let data_at = self.framer.position();
-        let chunked = kind == Kind::File && size >= CHUNK;
         if chunked {
             self.framer.cut().map_err(stream_err)?;
             let prev = self
