@@ -405,6 +405,33 @@ fn an_index_that_lies_fails_the_partial_restore_and_writes_nothing() {
     );
     // The full restore does not use the index and still restores.
     host.restore_and_compare(&id(&m));
+
+    // An index that points one block into the entry (past its PAX record), consistent
+    // with itself.
+    rewrite_index(&host, &id(&m), |index| {
+        for e in &mut index.entries {
+            if e.name.0 == run_name {
+                assert!(e.data - e.offset >= 1024, "the entry has a PAX record");
+                e.offset += 512;
+            }
+        }
+    });
+    let err = host.fails(
+        &[
+            "restore",
+            &id(&m),
+            "--to",
+            target.to_str().expect("utf8"),
+            "--path",
+            run_sh.to_str().expect("utf8"),
+        ],
+        1,
+    );
+    assert!(err.contains("disagrees"), "{err}");
+    assert!(
+        !target.exists() || fs::read_dir(&target).expect("ls").next().is_none(),
+        "nothing is written"
+    );
 }
 
 #[test]

@@ -153,10 +153,12 @@ pub fn assemble(index: &Index, sel: &Selection, runs: &[Decoded]) -> Result<Vec<
 pub fn check_headers(tar: &[u8], expected: &[&Entry]) -> Result<(), ArchiveError> {
     let lie = |what: String| ArchiveError::Index(format!("it disagrees with the archive: {what}"));
     let mut ar = tar::Archive::new(tar);
-    let entries = ar.entries().map_err(|e| ArchiveError::stream("read", e))?;
+    let unreadable =
+        |e: std::io::Error| lie(format!("the bytes it points at are not tar entries ({e})"));
+    let entries = ar.entries().map_err(unreadable)?;
     let mut seen = 0usize;
     for entry in entries {
-        let entry = entry.map_err(|e| ArchiveError::stream("read", e))?;
+        let entry = entry.map_err(unreadable)?;
         let Some(want) = expected.get(seen) else {
             return Err(lie(
                 "the frames hold more entries than the index says".into()
