@@ -204,10 +204,10 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// A file writer that hashes, writes and flushes to disk on its own thread: the caller
-/// hands over 1 MiB buffers; the thread hashes them, writes them and calls `fdatasync`
-/// every 64 MiB, so the final `fsync` is short and the disk works while the caller
-/// compresses.
+/// A file writer that hashes, writes and flushes to disk on its own threads: the caller
+/// hands over 4 MiB buffers; one thread hashes and writes them, and every 64 MiB asks a
+/// second thread to `fdatasync` what is written so far, so the disk flushes while more
+/// is written and hashed, and the final `fsync` is short.
 #[derive(Debug)]
 pub struct BackgroundWriter {
     buf: Vec<u8>,
@@ -215,29 +215,51 @@ pub struct BackgroundWriter {
     handle: Option<std::thread::JoinHandle<io::Result<(std::fs::File, u64, String)>>>,
 }
 
-const BG_CHUNK: usize = 1 << 20;
+const BG_CHUNK: usize = 4 << 20;
 const BG_SYNC_EVERY: u64 = 64 << 20;
 
 impl BackgroundWriter {
     /// Starts the writer thread on `file`.
     pub fn new(mut file: std::fs::File) -> io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let syncing = file.try_clone()?;
         let handle = std::thread::Builder::new()
             .name("tierkeep-write".into())
             .spawn(move || -> io::Result<(std::fs::File, u64, String)> {
+                // At most one flush asked for while one runs: a request that finds the
+                // queue full is already covered by the flush to come.
+                let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<()>(1);
+                let syncer = std::thread::Builder::new()
+                    .name("tierkeep-sync".into())
+                    .spawn(move || -> io::Result<()> {
+                        for () in sync_rx {
+                            syncing.sync_data()?;
+                        }
+                        Ok(())
+                    })?;
                 let mut hasher = Sha256::new();
                 let mut bytes = 0u64;
                 let mut unsynced = 0u64;
+                let mut written = Ok(());
                 for chunk in rx {
                     hasher.update(&chunk);
-                    file.write_all(&chunk)?;
+                    if let Err(e) = file.write_all(&chunk) {
+                        written = Err(e);
+                        break;
+                    }
                     bytes += chunk.len() as u64;
                     unsynced += chunk.len() as u64;
                     if unsynced >= BG_SYNC_EVERY {
-                        file.sync_data()?;
+                        let _ = sync_tx.try_send(());
                         unsynced = 0;
                     }
                 }
+                drop(sync_tx);
+                let synced = syncer
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("archive sync thread panicked")));
+                written?;
+                synced?;
                 file.sync_all()?;
                 Ok((file, bytes, hex::encode(hasher.finalize())))
             })?;

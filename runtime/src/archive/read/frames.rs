@@ -216,6 +216,7 @@ pub fn extract_assembled(
         keep_setuid: keeps_setuid_bits(&canonical, opts.keep_setuid),
         only,
         dirs: Vec::new(),
+        known_dirs: std::collections::HashSet::new(),
     }));
     ex.run(tar).and_then(|()| ex.finish_dirs())?;
     progress(tar.len() as u64);
@@ -228,4 +229,73 @@ pub fn extract_assembled(
         ));
     }
     Ok(ex.summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::index::{Frame, Name};
+
+    fn entry(name: &str, kind: Kind, link: Option<&str>, frames: [u32; 2], at: u64) -> Entry {
+        Entry {
+            name: Name(name.as_bytes().to_vec()),
+            kind,
+            size: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            ctime: 0,
+            ctime_nsec: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            dev: 0,
+            ino: 0,
+            link: link.map(|l| Name(l.as_bytes().to_vec())),
+            offset: at,
+            data: at + 512,
+            frames,
+            chunked: false,
+        }
+    }
+
+    fn frame(n: u64) -> Frame {
+        Frame {
+            offset: n * 100,
+            bytes: 100,
+            raw_offset: n * 4096,
+            raw_bytes: 4096,
+            sha256: String::new(),
+            raw_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn under_means_the_path_or_below_it() {
+        assert!(under(b"srv/app", b"srv/app"));
+        assert!(under(b"srv/app/", b"srv/app"));
+        assert!(under(b"srv/app/x", b"srv/app/"));
+        assert!(!under(b"srv/apple", b"srv/app"));
+        assert!(!under(b"srv", b"srv/app"));
+    }
+
+    #[test]
+    fn a_selection_takes_the_frames_of_its_entries_and_of_hard_link_targets() {
+        let index = Index {
+            frames: (0..4).map(frame).collect(),
+            entries: vec![
+                entry("a/first", Kind::File, None, [0, 0], 0),
+                entry("b/", Kind::Dir, None, [1, 1], 4096),
+                entry("b/x", Kind::File, None, [2, 2], 8192),
+                entry("b/link", Kind::Hardlink, Some("a/first"), [3, 3], 12288),
+            ],
+        };
+        let sel = select(&index, Some(b"b"));
+        assert_eq!(sel.entries, vec![0, 1, 2, 3]);
+        assert_eq!(sel.runs, vec![0..4]);
+        let sel = select(&index, Some(b"b/x"));
+        assert_eq!(sel.entries, vec![2]);
+        assert_eq!(sel.runs, vec![2..3]);
+        assert_eq!(sel.bytes, 100);
+        assert!(select(&index, Some(b"c")).entries.is_empty());
+    }
 }

@@ -216,6 +216,7 @@ pub fn extract(
         keep_setuid: keeps_setuid_bits(&canonical, opts.keep_setuid),
         only,
         dirs: Vec::new(),
+        known_dirs: std::collections::HashSet::new(),
     }));
     let parsed = ex.run(&mut reader).and_then(|()| ex.finish_dirs());
     let (bytes, sha) = ex.finish_stream(reader, handle, parsed, opts.expected.as_ref())?;
