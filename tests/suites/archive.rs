@@ -531,3 +531,42 @@ fn a_reusing_backup_killed_at_any_moment_leaves_nothing_and_the_next_one_restore
         );
     }
 }
+
+#[test]
+fn a_damaged_index_makes_reuse_and_ls_read_the_archive_instead_and_say_so() {
+    let host = Host::new("");
+    make_tree(&host.src());
+    let first = host.backup(&[]);
+    let archive = archive_of(&host, &id(&first));
+    let at = first["index"]["offset"].as_u64().expect("offset") + 40;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&archive)
+        .expect("open");
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, at).expect("read");
+    file.write_all_at(&[b[0] ^ 0xff], at).expect("write");
+    drop(file);
+
+    let out = host
+        .cmd(&["ls", &id(&first), "--json"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("index is damaged"), "{stderr}");
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listing["from_index"], false);
+
+    let out = host.cmd(&["backup", "--json"]).output().expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not reusing the previous backup"),
+        "{stderr}"
+    );
+    let second: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(second["manifest"].get("reused_bytes").is_none(), "{second}");
+    host.restore_and_compare(&id(&second["manifest"]));
+}

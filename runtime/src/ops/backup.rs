@@ -476,6 +476,10 @@ impl Tierkeep {
         let Some(prev) = newest else {
             return full;
         };
+        if catalog.is_damaged(&prev.id).unwrap_or(true) {
+            tracing::warn!(id = %prev.id, "the previous backup is marked damaged: every file is read");
+            return full;
+        }
         let m = &prev.manifest;
         let (Some(index), true) = (m.index.clone(), m.source == sources) else {
             tracing::debug!(id = %prev.id, "the previous backup has no index or other sources: a full read");

@@ -2,14 +2,21 @@
 //! of its frames, each checked against the SHA-256 the index gives before it is used.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::archive::index::{self, Entry, Frame, Index, IndexRef};
+use super::walk::Item;
+use super::{item_name, stream_err};
+use crate::archive::ArchiveError;
+use crate::archive::framer::Framer;
+use crate::archive::index::{self, CHUNK, Entry, Frame, Index, IndexRef, Kind};
 
 /// The previous archive, opened for reuse.
 #[derive(Debug)]
@@ -136,4 +143,118 @@ fn units_of(index: &Index) -> (HashMap<Vec<u8>, Unit>, HashMap<Vec<u8>, usize>) 
         i = j;
     }
     (units, chunked)
+}
+
+/// Writes a large file's data (`remaining` bytes, starting at chunk `from`) in frames
+/// of [`CHUNK`] bytes, the last one padded to the block. A chunk whose bytes hash as
+/// the previous archive's frame at the same place in the same file is copied from it
+/// instead of being compressed.
+pub(super) fn write_chunks(
+    out: &mut Framer,
+    prev: Option<(&Previous, &Entry)>,
+    data: &mut dyn Read,
+    mut remaining: u64,
+    from: u64,
+    chunk: &mut Vec<u8>,
+) -> Result<(), ArchiveError> {
+    let mut k = from;
+    while remaining > 0 {
+        let n = remaining.min(CHUNK);
+        chunk.clear();
+        chunk.resize(usize::try_from(n).unwrap_or(usize::MAX), 0);
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match data.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(got) => filled += got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(stream_err(e)),
+            }
+        }
+        // FileBody never ends early; any other reader that does is padded with zeros.
+        chunk[filled..].fill(0);
+        remaining -= n;
+        if remaining == 0 {
+            let pad = ((512 - n % 512) % 512) as usize;
+            chunk.resize(chunk.len() + pad, 0);
+        }
+        let same = prev.and_then(|(p, e)| {
+            let f = e.frames[0] as usize + 1 + usize::try_from(k).ok()?;
+            if f > e.frames[1] as usize {
+                return None;
+            }
+            let frame = p.frame(f);
+            (frame.raw_bytes == chunk.len() as u64
+                && hex::encode(Sha256::digest(&chunk[..])) == frame.raw_sha256)
+                .then(|| p.read_frame(f).map(|bytes| (bytes, frame)))
+                .flatten()
+        });
+        match same {
+            Some((bytes, frame)) => out.copy(bytes, frame).map_err(stream_err)?,
+            None => {
+                out.write_all(chunk).map_err(stream_err)?;
+                out.cut().map_err(stream_err)?;
+            }
+        }
+        k += 1;
+    }
+    Ok(())
+}
+
+/// Whether the walk's `item` would be written exactly as the previous archive's entry
+/// `e`: same name, kind, size, mtime and ctime to the nanosecond, device, inode, mode,
+/// owner and link target. `added` collects the hard-link first names the unit adds.
+pub(super) fn unchanged(
+    item: &Item,
+    e: &Entry,
+    links: &HashMap<(u64, u64), Vec<u8>>,
+    added: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> bool {
+    let (path, md) = match item {
+        Item::Dir(p, md) | Item::File(p, md) | Item::Symlink(p, md) => (p, md),
+        Item::Skipped(_) => return false,
+    };
+    let Some(name) = item_name(item) else {
+        return false;
+    };
+    let same = name == e.name.0
+        && md.mtime() == e.mtime
+        && md.mtime_nsec() == e.mtime_nsec
+        && md.ctime() == e.ctime
+        && md.ctime_nsec() == e.ctime_nsec
+        && md.dev() == e.dev
+        && md.ino() == e.ino
+        && md.mode() & 0o7777 == e.mode
+        && md.uid() == e.uid
+        && md.gid() == e.gid;
+    if !same {
+        return false;
+    }
+    match item {
+        Item::Dir(..) => e.kind == Kind::Dir,
+        Item::Symlink(..) => {
+            e.kind == Kind::Symlink
+                && fs::read_link(path).is_ok_and(|t| {
+                    e.link.as_ref().map(|l| l.0.as_slice()) == Some(t.as_os_str().as_bytes())
+                })
+        }
+        Item::File(..) => {
+            let key = (md.dev(), md.ino());
+            if md.nlink() > 1
+                && let Some(first) = links.get(&key).or_else(|| added.get(&key))
+            {
+                return e.kind == Kind::Hardlink
+                    && *first != name
+                    && e.link.as_ref().is_some_and(|l| l.0 == *first);
+            }
+            if e.kind != Kind::File || e.size != md.len() {
+                return false;
+            }
+            if md.nlink() > 1 {
+                added.insert(key, name);
+            }
+            true
+        }
+        Item::Skipped(_) => false,
+    }
 }
