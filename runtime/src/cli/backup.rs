@@ -65,6 +65,12 @@ pub async fn run(g: &Global, a: BackupArgs) -> Result<ExitCode> {
             format_size(m.archive_bytes),
             out.seconds
         );
+        if let Some(from) = m.reused_from.as_ref().filter(|_| m.reused_bytes > 0) {
+            outln!(
+                "copied {} of unchanged frames from backup {from} instead of reading them again",
+                format_size(m.reused_bytes)
+            );
+        }
         outln!("archive: {archive}");
         outln!("sha256 {}", m.archive_sha256);
         // The same global options, so that the command finds this configuration.
