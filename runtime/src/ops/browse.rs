@@ -27,6 +27,10 @@ const PARALLEL_READS: usize = 8;
 /// archive (in percent); beyond, reading the whole archive once costs about the same.
 const PARTIAL_SHARE: u64 = 50;
 
+/// The frames of a partial restore are held in memory: beyond this many compressed
+/// bytes the whole archive is read (as a stream) instead.
+const PARTIAL_MAX: u64 = 256 << 20;
+
 /// What `ls` shows of one entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct ListedEntry {
@@ -248,10 +252,12 @@ impl Tierkeep {
                 only.display().to_string(),
             )));
         }
-        if sel.bytes * 100 > rec.size_bytes * PARTIAL_SHARE {
+        if sel.bytes * 100 > rec.size_bytes * PARTIAL_SHARE || sel.bytes > PARTIAL_MAX {
             tracing::info!(
                 id = %rec.id,
-                "the path is in most of the archive's frames: reading the whole archive"
+                frames_bytes = sel.bytes,
+                "the path is in most of the archive's frames, or in more than 256 MiB of \
+                 them: reading the whole archive"
             );
             return Ok(None);
         }
