@@ -123,47 +123,87 @@ pub(super) fn partial_name(leaf: &[u8], attempt: u32) -> Vec<u8> {
     name
 }
 
+/// A directory of the target opened beneath its root: the kernel resolved every
+/// component and refused symlinks (`openat2` with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS`), so files made through it cannot land elsewhere even if a
+/// symlink is swapped into the path meanwhile.
+pub(super) type DirFd = std::sync::Arc<rustix::fd::OwnedFd>;
+
 /// A file being written under its partial name, removed when dropped unless it was
-/// renamed into place.
+/// renamed into place. With a [`DirFd`] every step goes through it; without one
+/// (kernels before 5.6, or `openat2` refused by a sandbox) through paths.
 pub(super) struct Partial {
     pub(super) path: PathBuf,
+    name: Vec<u8>,
+    dir: Option<DirFd>,
     file: File,
     placed: bool,
 }
 
+fn errno(e: rustix::io::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
 impl Partial {
-    /// Creates the partial file for `leaf` in `dir`. One already there that is not an
-    /// entry of this archive (`is_entry`) was left by a killed restore: it is replaced.
+    /// Creates the partial file for `leaf` in `dir` (opened as `fd` when given). One
+    /// already there that is not an entry of this archive (`is_entry`) was left by a
+    /// killed restore: it is replaced.
     pub(super) fn create(
         dir: &Path,
+        fd: Option<&DirFd>,
         leaf: &[u8],
         is_entry: impl Fn(&[u8]) -> bool,
     ) -> Result<Partial, ArchiveError> {
+        use rustix::fs::{AtFlags, Mode, OFlags};
         let mut attempt = 0;
         let mut removed = false;
         loop {
             let name = partial_name(leaf, attempt);
             let path = dir.join(OsStr::from_bytes(&name));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
+            let created = match fd {
+                Some(fd) => rustix::fs::openat(
+                    fd,
+                    name.as_slice(),
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map(File::from)
+                .map_err(errno),
+                None => OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path),
+            };
+            match created {
                 Ok(file) => {
                     return Ok(Partial {
                         path,
+                        name,
+                        dir: fd.cloned(),
                         file,
                         placed: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
-                    let leftover = !removed
-                        && !is_entry(&name)
-                        && fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir());
+                    let not_dir = match fd {
+                        Some(fd) => {
+                            rustix::fs::statat(fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+                                .is_ok_and(|st| {
+                                    !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()
+                                })
+                        }
+                        None => fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()),
+                    };
+                    let leftover = !removed && !is_entry(&name) && not_dir;
                     if leftover {
                         tracing::info!(path = %path.display(), "removing a partial file an interrupted restore left");
-                        fs::remove_file(&path).map_err(|e| ArchiveError::io("remove", &path, e))?;
+                        remove(fd, &name, &path)
+                            .map_err(|e| ArchiveError::io("remove", &path, e))?;
                         removed = true;
                     } else {
                         attempt += 1;
@@ -174,12 +214,30 @@ impl Partial {
             }
         }
     }
+
+    /// Renames the file into place as `leaf` of the same directory.
+    pub(super) fn place(&mut self, leaf: &[u8], target: &Path) -> Result<(), ArchiveError> {
+        let moved = match &self.dir {
+            Some(fd) => rustix::fs::renameat(fd, self.name.as_slice(), fd, leaf).map_err(errno),
+            None => fs::rename(&self.path, target),
+        };
+        moved.map_err(|e| ArchiveError::io("rename the partial file into place as", target, e))?;
+        self.placed = true;
+        Ok(())
+    }
+}
+
+fn remove(fd: Option<&DirFd>, name: &[u8], path: &Path) -> io::Result<()> {
+    match fd {
+        Some(fd) => rustix::fs::unlinkat(fd, name, rustix::fs::AtFlags::empty()).map_err(errno),
+        None => fs::remove_file(path),
+    }
 }
 
 impl Drop for Partial {
     fn drop(&mut self) {
         if !self.placed
-            && let Err(e) = fs::remove_file(&self.path)
+            && let Err(e) = remove(self.dir.as_ref(), &self.name, &self.path)
         {
             tracing::warn!(path = %self.path.display(), "cannot remove the partial file: {e}");
         }
@@ -203,6 +261,17 @@ pub(super) struct Disk {
     pub(super) dirs: Vec<PendingDir>,
     /// Directories below the root known to be real directories (see [`Disk::parent`]).
     pub(super) known_dirs: std::collections::HashSet<PathBuf>,
+    /// The root opened once, and the last directory opened beneath it.
+    pub(super) handles: Handles,
+}
+
+/// Directory handles of a restore (see [`DirFd`]).
+#[derive(Default)]
+pub(super) struct Handles {
+    root: Option<rustix::fd::OwnedFd>,
+    last: Option<(Vec<u8>, DirFd)>,
+    /// `openat2` is not available here: paths are used.
+    unsupported: bool,
 }
 
 impl Disk {
@@ -262,6 +331,69 @@ impl Disk {
             }
         }
         Ok(dir)
+    }
+
+    /// The directory `dir_comps` below the root, opened by the kernel beneath the root
+    /// without following any symlink; `None` where `openat2` is unavailable. A symlink
+    /// found there now (the walk of [`Disk::parent`] saw a directory) was swapped in
+    /// during the restore: refused.
+    pub(super) fn dir_fd(
+        &mut self,
+        name: &[u8],
+        dir_comps: &[&[u8]],
+    ) -> Result<Option<DirFd>, ArchiveError> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        use rustix::io::Errno;
+        let h = &mut self.handles;
+        if h.unsupported {
+            return Ok(None);
+        }
+        let rel = if dir_comps.is_empty() {
+            b".".to_vec()
+        } else {
+            dir_comps.join(&b'/')
+        };
+        if let Some((last, fd)) = &h.last
+            && *last == rel
+        {
+            return Ok(Some(fd.clone()));
+        }
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        if h.root.is_none() {
+            let root = rustix::fs::open(&self.root, flags, Mode::empty())
+                .map_err(|e| ArchiveError::io("open", &self.root, errno(e)))?;
+            h.root = Some(root);
+        }
+        let Some(root) = h.root.as_ref() else {
+            return Ok(None);
+        };
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(root, rel.as_slice(), flags, Mode::empty(), how) {
+            Ok(fd) => {
+                let fd: DirFd = std::sync::Arc::new(fd);
+                h.last = Some((rel, fd.clone()));
+                Ok(Some(fd))
+            }
+            Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
+                tracing::debug!("openat2 is not available: the restore resolves paths itself");
+                h.unsupported = true;
+                Ok(None)
+            }
+            Err(e @ (Errno::LOOP | Errno::XDEV | Errno::NOTDIR | Errno::NOENT)) => Err(hostile(
+                name,
+                format!(
+                    "{} changed during the restore ({}): a symlink or file was put in place of \
+                     a directory, and nothing is written through it",
+                    self.root.join(OsStr::from_bytes(&rel)).display(),
+                    errno(e)
+                ),
+            )),
+            Err(e) => Err(ArchiveError::io(
+                "open",
+                self.root.join(OsStr::from_bytes(&rel)),
+                errno(e),
+            )),
+        }
     }
 
     /// Removes whatever non-directory is at `path` (never following a symlink).
@@ -332,7 +464,9 @@ impl Disk {
                 io::Error::new(io::ErrorKind::IsADirectory, "a directory is in the way"),
             ));
         }
-        let mut partial = Partial::create(&parent, leaf, |n| tree.holds(dir_comps, n))?;
+        let fd = self.dir_fd(name, dir_comps)?;
+        let mut partial =
+            Partial::create(&parent, fd.as_ref(), leaf, |n| tree.holds(dir_comps, n))?;
         let written = copy_data(
             data,
             meta.size,
@@ -363,9 +497,7 @@ impl Disk {
         crate::faults::point("restore.before_rename").map_err(|f| {
             ArchiveError::io("rename", &partial.path, io::Error::other(f.to_string()))
         })?;
-        fs::rename(&partial.path, &path)
-            .map_err(|e| ArchiveError::io("rename the partial file into place as", &path, e))?;
-        partial.placed = true;
+        partial.place(leaf, &path)?;
         Ok((written, warning))
     }
 

@@ -217,6 +217,7 @@ pub fn extract_assembled(
         only,
         dirs: Vec::new(),
         known_dirs: std::collections::HashSet::new(),
+        handles: Default::default(),
     }));
     ex.run(tar).and_then(|()| ex.finish_dirs())?;
     progress(tar.len() as u64);

@@ -23,8 +23,11 @@
 //! - entries of other types (devices, FIFOs) are skipped with a warning.
 //!
 //! Writing adds checks of what the target held before (with `--force`): every parent is
-//! checked with `lstat` and never followed when it is a symlink, and no directory is
-//! replaced. Symlink targets are data and are restored verbatim, since they are never
+//! checked with `lstat` (once per directory) and never followed when it is a symlink,
+//! and no directory is replaced. Regular files are then made and renamed through their
+//! directory opened by the kernel beneath the target with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)`, so a symlink swapped into the path after the check is refused
+//! too (where the kernel has no `openat2`, paths are used). Symlink targets are data and are restored verbatim, since they are never
 //! followed here. The model keeps a 16-byte digest of each name and its kind, about 40
 //! bytes an entry.
 //!
@@ -217,6 +220,7 @@ pub fn extract(
         only,
         dirs: Vec::new(),
         known_dirs: std::collections::HashSet::new(),
+        handles: Default::default(),
     }));
     let parsed = ex.run(&mut reader).and_then(|()| ex.finish_dirs());
     let (bytes, sha) = ex.finish_stream(reader, handle, parsed, opts.expected.as_ref())?;

@@ -282,7 +282,7 @@ fn leftover_partial_files_are_replaced_but_entries_are_not() {
     let tmp = tempfile::tempdir().unwrap();
     let leftover = tmp.path().join(".f.tierkeep-partial");
     fs::write(&leftover, b"left by a killed restore").unwrap();
-    let p = Partial::create(tmp.path(), b"f", |_| false).unwrap();
+    let p = Partial::create(tmp.path(), None, b"f", |_| false).unwrap();
     assert_eq!(p.path, leftover);
     assert_eq!(fs::metadata(&leftover).unwrap().len(), 0);
     assert_eq!(fs::metadata(&leftover).unwrap().mode() & 0o777, 0o600);
@@ -291,7 +291,7 @@ fn leftover_partial_files_are_replaced_but_entries_are_not() {
 
     // A restored entry that happens to have the partial name stays.
     fs::write(&leftover, b"an entry").unwrap();
-    let p = Partial::create(tmp.path(), b"f", |n| n == b".f.tierkeep-partial").unwrap();
+    let p = Partial::create(tmp.path(), None, b"f", |n| n == b".f.tierkeep-partial").unwrap();
     assert_eq!(p.path, tmp.path().join(".f.tierkeep-partial.1"));
     assert_eq!(fs::read(&leftover).unwrap(), b"an entry");
 }
@@ -353,4 +353,37 @@ fn pax_times_parse() {
         Some(FileTime::from_unix_time(-2, 500_000_000))
     );
     assert_eq!(parse_pax_time(b"x"), None);
+}
+
+#[test]
+fn files_are_made_through_directories_the_kernel_opened_beneath_the_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(root.join("real")).unwrap();
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("swapped")).unwrap();
+    let mut disk = super::disk::Disk {
+        root: root.clone(),
+        owners: false,
+        keep_setuid: false,
+        only: None,
+        dirs: Vec::new(),
+        known_dirs: std::collections::HashSet::new(),
+        handles: Default::default(),
+    };
+    // A directory that is one resolves (where openat2 exists at all).
+    let real = disk.dir_fd(b"real/f", &[b"real"]).unwrap();
+    if let Some(fd) = real {
+        let p = Partial::create(&root.join("real"), Some(&fd), b"f", |_| false).unwrap();
+        assert!(p.path.starts_with(root.join("real")));
+        // A symlink in its place (as if swapped in after the walk) is refused by the
+        // kernel, and nothing is made outside.
+        let err = disk.dir_fd(b"swapped/f", &[b"swapped"]).unwrap_err();
+        assert!(
+            err.to_string().contains("changed during the restore"),
+            "{err}"
+        );
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
 }
