@@ -260,16 +260,7 @@ fn restore_of_one_path_reads_only_its_frames() {
     let m = host.backup(&[]);
     let conf = host.src().join("app/config/app.toml");
     let target = host.root().join("one");
-    let out: serde_json::Value = serde_json::from_str(&host.ok(&[
-        "restore",
-        &id(&m),
-        "--to",
-        target.to_str().expect("utf8"),
-        "--path",
-        conf.to_str().expect("utf8"),
-        "--json",
-    ]))
-    .expect("json");
+    let out = host.restore_path(&id(&m), &target, &conf);
     // Exactly the index and the frames holding the file.
     let read = out["archive_bytes_read"].as_u64().expect("read");
     let (index, reference) = index_of(&archive_of(&host, &id(&m)), &m);
@@ -387,22 +378,26 @@ fn an_index_that_lies_fails_the_partial_restore_and_writes_nothing() {
         }
     });
     let target = host.root().join("lied");
-    let err = host.fails(
-        &[
-            "restore",
-            &id(&m),
-            "--to",
-            target.to_str().expect("utf8"),
-            "--path",
-            run_sh.to_str().expect("utf8"),
-        ],
-        1,
-    );
-    assert!(err.contains("disagrees"), "{err}");
-    assert!(
-        !target.exists() || fs::read_dir(&target).expect("ls").next().is_none(),
-        "nothing is written"
-    );
+    // The partial restore of run.sh fails, writing nothing.
+    let refused = || {
+        let err = host.fails(
+            &[
+                "restore",
+                &id(&m),
+                "--to",
+                target.to_str().expect("utf8"),
+                "--path",
+                run_sh.to_str().expect("utf8"),
+            ],
+            1,
+        );
+        assert!(err.contains("disagrees"), "{err}");
+        assert!(
+            !target.exists() || fs::read_dir(&target).expect("ls").next().is_none(),
+            "nothing is written"
+        );
+    };
+    refused();
     // The full restore does not use the index and still restores.
     host.restore_and_compare(&id(&m));
 
@@ -416,22 +411,7 @@ fn an_index_that_lies_fails_the_partial_restore_and_writes_nothing() {
             }
         }
     });
-    let err = host.fails(
-        &[
-            "restore",
-            &id(&m),
-            "--to",
-            target.to_str().expect("utf8"),
-            "--path",
-            run_sh.to_str().expect("utf8"),
-        ],
-        1,
-    );
-    assert!(err.contains("disagrees"), "{err}");
-    assert!(
-        !target.exists() || fs::read_dir(&target).expect("ls").next().is_none(),
-        "nothing is written"
-    );
+    refused();
 }
 
 #[test]

@@ -380,16 +380,7 @@ fn ls_and_a_partial_restore_from_a_bucket_read_only_the_index_and_a_few_frames()
 
     let conf = host.src().join("app/config/app.toml");
     let target = host.root().join("one");
-    let out: serde_json::Value = serde_json::from_str(&host.ok(&[
-        "restore",
-        &id(&a),
-        "--to",
-        target.to_str().expect("utf8"),
-        "--path",
-        conf.to_str().expect("utf8"),
-        "--json",
-    ]))
-    .expect("json");
+    let out = host.restore_path(&id(&a), &target, &conf);
     let read = out["archive_bytes_read"].as_u64().expect("read");
     assert!(read * 50 < size, "a partial restore read {read} of {size}");
     assert_eq!(out["exported_first"], false);

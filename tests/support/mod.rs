@@ -149,6 +149,20 @@ impl Host {
         out
     }
 
+    /// `restore ID --to TARGET --path PATH --json` (must succeed), parsed.
+    pub fn restore_path(&self, id: &str, target: &Path, path: &Path) -> serde_json::Value {
+        let out = self.ok(&[
+            "restore",
+            id,
+            "--to",
+            target.to_str().expect("utf8"),
+            "--path",
+            path.to_str().expect("utf8"),
+            "--json",
+        ]);
+        serde_json::from_str(&out).expect("restore --json")
+    }
+
     /// The folder of a backup in a local zone.
     pub fn zone_dir(&self, zone: &str, id: &str) -> PathBuf {
         self.data().join(zone).join("test-host").join(id)

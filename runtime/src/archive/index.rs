@@ -79,6 +79,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of a tar entry type; `None` for types a backup never stores.
+    pub fn of(t: tar::EntryType) -> Option<Kind> {
+        match t {
+            tar::EntryType::Regular | tar::EntryType::Continuous => Some(Kind::File),
+            tar::EntryType::Directory => Some(Kind::Dir),
+            tar::EntryType::Symlink => Some(Kind::Symlink),
+            tar::EntryType::Link => Some(Kind::Hardlink),
+            _ => None,
+        }
+    }
+
     /// The word `ls` shows.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -316,20 +327,41 @@ pub fn encode_seek_table(frames: &[(u64, u64)]) -> io::Result<Vec<u8>> {
     skippable(SEEK_TABLE_MAGIC, &payload)
 }
 
+/// Whether `frame` starts with a zstd skippable-frame magic number (`0x184D2A5?`).
+pub fn is_skippable(frame: &[u8]) -> bool {
+    frame.len() >= 4
+        && u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) >> 4 == 0x0184_D2A5
+}
+
+/// The size of the whole seek table frame whose footer is `foot` (a file's last 9
+/// bytes), or `None` when it is no seek table footer.
+pub fn seek_table_bytes(foot: &[u8; 9]) -> Option<u64> {
+    if foot[5..9] != SEEKABLE_FOOTER_MAGIC.to_le_bytes() {
+        return None;
+    }
+    let n = u64::from(u32::from_le_bytes([foot[0], foot[1], foot[2], foot[3]]));
+    let entry = if foot[4] & 0x80 != 0 { 12 } else { 8 };
+    (n <= 10_000_000).then(|| n * entry + 17)
+}
+
 /// Parses a seek table from the end of an archive file: the (compressed, decompressed)
 /// size of each frame. `tail` holds the file's last bytes (the whole table).
 pub fn decode_seek_table(tail: &[u8]) -> Result<Vec<(u64, u64)>, String> {
     let n = tail.len();
-    if n < 17 || tail[n - 4..] != SEEKABLE_FOOTER_MAGIC.to_le_bytes() {
-        return Err("no seek table at the end of the file".into());
-    }
-    let frames = u32::from_le_bytes([tail[n - 9], tail[n - 8], tail[n - 7], tail[n - 6]]) as usize;
-    let descriptor = tail[n - 5];
-    let entry = if descriptor & 0x80 != 0 { 12 } else { 8 };
-    let table = frames * entry + 9;
-    if n < table + 8 {
+    let foot: &[u8; 9] = tail
+        .get(n.saturating_sub(9)..)
+        .and_then(|f| f.try_into().ok())
+        .ok_or("no seek table at the end of the file")?;
+    let whole = seek_table_bytes(foot).ok_or("no seek table at the end of the file")?;
+    let frames = u32::from_le_bytes([foot[0], foot[1], foot[2], foot[3]]) as usize;
+    let entry = if foot[4] & 0x80 != 0 { 12 } else { 8 };
+    let Some(table) = usize::try_from(whole)
+        .ok()
+        .filter(|&t| t <= n)
+        .map(|t| t - 8)
+    else {
         return Err("the seek table is cut short".into());
-    }
+    };
     let start = n - table - 8;
     if tail[start..start + 4] != SEEK_TABLE_MAGIC.to_le_bytes() {
         return Err("the seek table's frame header is missing".into());

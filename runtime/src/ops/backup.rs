@@ -497,11 +497,7 @@ impl Tierkeep {
             );
             return full;
         }
-        let key = BackupKey {
-            host: self.settings.host_id.clone(),
-            id: prev.id.clone(),
-        };
-        let Some(path) = self.store(Zone::BlackBox).local_archive(&key) else {
+        let Some(path) = self.store(Zone::BlackBox).local_archive(&self.key(&prev)) else {
             return full;
         };
         Reuse {

@@ -153,29 +153,17 @@ impl Tierkeep {
                 let read = rec.manifest.index.as_ref().map_or(0, |r| r.bytes);
                 (listed, true, read)
             }
-            Ok(None) => {
-                tracing::warn!(
-                    id = %rec.id,
-                    "a format 1 backup has no index: listing by reading the whole archive"
-                );
+            unusable @ (Ok(None) | Err(OpsError::Archive(ArchiveError::Index(_)))) => {
+                let why = match unusable {
+                    Err(OpsError::Archive(ArchiveError::Index(e))) => {
+                        format!("the backup's index is damaged ({e})")
+                    }
+                    _ => "a format 1 backup has no index".to_owned(),
+                };
+                tracing::warn!(id = %rec.id, "{why}: listing by reading the whole archive");
                 let all = self.list_by_stream(&rec).await?;
-                (
-                    all.iter().filter(|e| wanted(e)).map(listed).collect(),
-                    false,
-                    rec.size_bytes,
-                )
-            }
-            Err(OpsError::Archive(ArchiveError::Index(e))) => {
-                tracing::warn!(
-                    id = %rec.id,
-                    "the backup's index is damaged ({e}): listing by reading the whole archive"
-                );
-                let all = self.list_by_stream(&rec).await?;
-                (
-                    all.iter().filter(|e| wanted(e)).map(listed).collect(),
-                    false,
-                    rec.size_bytes,
-                )
+                let listed = all.iter().filter(|e| wanted(e)).map(listed).collect();
+                (listed, false, rec.size_bytes)
             }
             Err(e) => return Err(e),
         };

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 
-use crate::archive::{ArchiveError, HashingReader};
+use crate::archive::{ArchiveError, HashingReader, index};
 
 pub(super) type Chunk = io::Result<(Vec<u8>, u64)>;
 pub(super) type Decoder = (
@@ -86,23 +86,12 @@ const MAX_FRAME: u64 = 64 << 20;
 fn seek_table(file: &File) -> Option<Vec<(u64, u64)>> {
     use std::os::unix::fs::FileExt;
     let len = file.metadata().ok()?.len();
-    if len < 17 {
-        return None;
-    }
     let mut foot = [0u8; 9];
-    file.read_exact_at(&mut foot, len - 9).ok()?;
-    if foot[5..9] != 0x8F92_EAB1u32.to_le_bytes() {
-        return None;
-    }
-    let n = u64::from(u32::from_le_bytes([foot[0], foot[1], foot[2], foot[3]]));
-    let entry = if foot[4] & 0x80 != 0 { 12 } else { 8 };
-    let table = n.checked_mul(entry)?.checked_add(17)?;
-    if table > len || n > 10_000_000 {
-        return None;
-    }
+    file.read_exact_at(&mut foot, len.checked_sub(9)?).ok()?;
+    let table = index::seek_table_bytes(&foot).filter(|&t| t <= len)?;
     let mut tail = vec![0u8; usize::try_from(table).ok()?];
     file.read_exact_at(&mut tail, len - table).ok()?;
-    let frames = crate::archive::index::decode_seek_table(&tail).ok()?;
+    let frames = index::decode_seek_table(&tail).ok()?;
     let total: u64 = frames.iter().map(|f| f.0).sum::<u64>() + table;
     (total == len && frames.iter().all(|f| f.1 <= MAX_FRAME)).then_some(frames)
 }
@@ -121,14 +110,10 @@ mod parallel {
 
     use super::Chunk;
     use crate::archive::HashingReader;
+    use crate::archive::index;
 
     type Job = (usize, Vec<u8>, u64, u64);
     type Done = (usize, io::Result<Vec<u8>>, u64);
-
-    fn skippable(frame: &[u8]) -> bool {
-        frame.len() >= 4
-            && u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) >> 4 == 0x0184_D2A5
-    }
 
     pub(super) fn decode(
         file: File,
@@ -160,7 +145,7 @@ mod parallel {
                 break;
             }
             position += bytes;
-            if skippable(&frame) {
+            if index::is_skippable(&frame) {
                 continue;
             }
             if job_tx.send((seq, frame, raw, position)).is_err() {
@@ -244,6 +229,18 @@ pub(super) struct ChannelReader<'a> {
     pub(super) pos: usize,
     pub(super) compressed_seen: u64,
     pub(super) progress: &'a mut dyn FnMut(u64),
+}
+
+impl<'a> ChannelReader<'a> {
+    pub(super) fn new(rx: Receiver<Chunk>, progress: &'a mut dyn FnMut(u64)) -> Self {
+        ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            compressed_seen: 0,
+            progress,
+        }
+    }
 }
 
 impl Read for ChannelReader<'_> {

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use sha2::{Digest, Sha256};
 
-use super::{ExtractOptions, ExtractSummary, Extractor, keeps_setuid_bits, prepare_target};
+use super::{ExtractOptions, ExtractSummary, Extractor};
 use crate::archive::ArchiveError;
 use crate::archive::index::{Entry, Index, Kind};
 
@@ -165,16 +165,11 @@ pub fn check_headers(tar: &[u8], expected: &[&Entry]) -> Result<(), ArchiveError
             ));
         };
         let name = entry.path_bytes();
-        let kind = match entry.header().entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
-            tar::EntryType::Directory => Kind::Dir,
-            tar::EntryType::Symlink => Kind::Symlink,
-            tar::EntryType::Link => Kind::Hardlink,
-            other => {
-                return Err(lie(format!(
-                    "an entry of type {other:?} where the index has one"
-                )));
-            }
+        let Some(kind) = Kind::of(entry.header().entry_type()) else {
+            return Err(lie(format!(
+                "an entry of type {:?} where the index has one",
+                entry.header().entry_type()
+            )));
         };
         let trim = |n: &[u8]| n.strip_suffix(b"/").unwrap_or(n).to_vec();
         if trim(&name) != trim(&want.name.0) || kind != want.kind || entry.size() != want.size {
@@ -206,19 +201,7 @@ pub fn extract_assembled(
     opts: &ExtractOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ExtractSummary, ArchiveError> {
-    prepare_target(&opts.target, opts.force)?;
-    let canonical = std::fs::canonicalize(&opts.target)
-        .map_err(|e| ArchiveError::io("resolve", &opts.target, e))?;
-    let only = super::only_components(opts.only.as_deref())?;
-    let mut ex = Extractor::new(Some(super::Disk {
-        root: opts.target.clone(),
-        owners: opts.owners,
-        keep_setuid: keeps_setuid_bits(&canonical, opts.keep_setuid),
-        only,
-        dirs: Vec::new(),
-        known_dirs: std::collections::HashSet::new(),
-        handles: Default::default(),
-    }));
+    let mut ex = Extractor::new(Some(super::disk_for(opts)?));
     ex.run(tar).and_then(|()| ex.finish_dirs())?;
     progress(tar.len() as u64);
     if ex.summary.entries == 0 {

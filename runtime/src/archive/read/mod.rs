@@ -129,13 +129,7 @@ pub fn check_archive(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, u64, String), ArchiveError> {
     let (rx, handle) = spawn_decoder(archive)?;
-    let mut reader = ChannelReader {
-        rx,
-        chunk: Vec::new(),
-        pos: 0,
-        compressed_seen: 0,
-        progress,
-    };
+    let mut reader = ChannelReader::new(rx, progress);
     let mut ex = Extractor::new(None);
     let parsed = ex.run(&mut reader);
     let (bytes, sha) = ex.finish_stream(reader, handle, parsed, expected)?;
@@ -148,24 +142,14 @@ pub fn list_archive(archive: &Path) -> Result<Vec<super::index::Entry>, ArchiveE
     use super::index::{Entry, Kind, Name};
     let (rx, handle) = spawn_decoder(archive)?;
     let mut noop = |_| {};
-    let reader = ChannelReader {
-        rx,
-        chunk: Vec::new(),
-        pos: 0,
-        compressed_seen: 0,
-        progress: &mut noop,
-    };
+    let reader = ChannelReader::new(rx, &mut noop);
     let mut out = Vec::new();
     let mut ar = tar::Archive::new(reader);
     let read = |e| ArchiveError::stream("read", e);
     for entry in ar.entries().map_err(read)? {
         let mut entry = entry.map_err(read)?;
-        let kind = match entry.header().entry_type() {
-            EntryType::Regular | EntryType::Continuous => Kind::File,
-            EntryType::Directory => Kind::Dir,
-            EntryType::Symlink => Kind::Symlink,
-            EntryType::Link => Kind::Hardlink,
-            _ => continue,
+        let Some(kind) = Kind::of(entry.header().entry_type()) else {
+            continue;
         };
         let name = entry.path_bytes().into_owned();
         let link = entry.link_name_bytes().map(|l| Name(l.into_owned()));
@@ -201,27 +185,10 @@ pub fn extract(
     opts: &ExtractOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ExtractSummary, ArchiveError> {
-    prepare_target(&opts.target, opts.force)?;
-    let canonical =
-        fs::canonicalize(&opts.target).map_err(|e| ArchiveError::io("resolve", &opts.target, e))?;
-    let only = only_components(opts.only.as_deref())?;
+    let disk = disk_for(opts)?;
     let (rx, handle) = spawn_decoder(archive)?;
-    let mut reader = ChannelReader {
-        rx,
-        chunk: Vec::new(),
-        pos: 0,
-        compressed_seen: 0,
-        progress,
-    };
-    let mut ex = Extractor::new(Some(Disk {
-        root: opts.target.clone(),
-        owners: opts.owners,
-        keep_setuid: keeps_setuid_bits(&canonical, opts.keep_setuid),
-        only,
-        dirs: Vec::new(),
-        known_dirs: std::collections::HashSet::new(),
-        handles: Default::default(),
-    }));
+    let mut reader = ChannelReader::new(rx, progress);
+    let mut ex = Extractor::new(Some(disk));
     let parsed = ex.run(&mut reader).and_then(|()| ex.finish_dirs());
     let (bytes, sha) = ex.finish_stream(reader, handle, parsed, opts.expected.as_ref())?;
     if opts.only.is_some() && ex.summary.entries == 0 {
@@ -235,6 +202,22 @@ pub fn extract(
     ex.summary.archive_bytes = bytes;
     ex.summary.archive_sha256 = sha;
     Ok(ex.summary)
+}
+
+/// Prepares the target of `opts` and the writing side that restores into it.
+fn disk_for(opts: &ExtractOptions) -> Result<Disk, ArchiveError> {
+    prepare_target(&opts.target, opts.force)?;
+    let canonical =
+        fs::canonicalize(&opts.target).map_err(|e| ArchiveError::io("resolve", &opts.target, e))?;
+    Ok(Disk {
+        root: opts.target.clone(),
+        owners: opts.owners,
+        keep_setuid: keeps_setuid_bits(&canonical, opts.keep_setuid),
+        only: only_components(opts.only.as_deref())?,
+        dirs: Vec::new(),
+        known_dirs: std::collections::HashSet::new(),
+        handles: Default::default(),
+    })
 }
 
 /// The components of a `--path` (stored form), refused when it is not a safe name.

@@ -95,8 +95,6 @@ pub struct WriteSummary {
     pub warnings: Vec<String>,
     /// Where the entry index is.
     pub index: Option<IndexRef>,
-    /// Data frames written.
-    pub frames: u64,
     /// Compressed bytes copied from the previous archive.
     pub reused_bytes: u64,
 }
@@ -242,7 +240,6 @@ pub fn write_archive(
     let (_file, bytes, sha) = sink
         .finish()
         .map_err(|e| ArchiveError::io("write", out, e))?;
-    summary.frames = index.frames.len() as u64;
     summary.index = Some(IndexRef {
         offset: data_end,
         bytes: index_bytes.len() as u64,

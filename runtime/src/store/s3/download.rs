@@ -26,6 +26,43 @@ impl S3Store {
         }
     }
 
+    /// Starts a GET of `len` bytes of `object` from `offset` (`len` > 0); a missing
+    /// object is [`StoreError::NotFound`] of `key` when one is given.
+    async fn ranged(
+        &self,
+        object: &str,
+        key: Option<&BackupKey>,
+        offset: u64,
+        len: u64,
+    ) -> Result<aws_sdk_s3::primitives::ByteStream, StoreError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(object)
+            .range(format!("bytes={}-{}", offset, offset + len - 1))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.body),
+            Err(e) => match key {
+                Some(key) if is_404(&e) => Err(self.not_found(key)),
+                _ => Err(self.err("get", object, e)),
+            },
+        }
+    }
+
+    /// A download that broke off or came back short: worth retrying.
+    fn broken(&self, object: &str, message: String) -> StoreError {
+        StoreError::Remote {
+            zone: self.url.clone(),
+            op: "download",
+            object: object.to_owned(),
+            message,
+            retry: Retry::Temporary,
+        }
+    }
+
     /// One ranged GET into memory.
     pub(super) async fn get_range(
         &self,
@@ -37,38 +74,19 @@ impl S3Store {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(object)
-            .range(format!("bytes={}-{}", offset, offset + len - 1))
-            .send()
+        let body = self.ranged(object, Some(key), offset, len).await?;
+        let bytes = body
+            .collect()
             .await
-        {
-            Ok(out) => out,
-            Err(e) if is_404(&e) => return Err(self.not_found(key)),
-            Err(e) => return Err(self.err("get", object, e)),
-        };
-        let body = out.body.collect().await.map_err(|e| StoreError::Remote {
-            zone: self.url.clone(),
-            op: "download",
-            object: object.to_owned(),
-            message: e.to_string(),
-            retry: Retry::Temporary,
-        })?;
-        let bytes = body.into_bytes().to_vec();
+            .map_err(|e| self.broken(object, e.to_string()))?
+            .into_bytes()
+            .to_vec();
         if bytes.len() as u64 != len {
-            return Err(StoreError::Remote {
-                zone: self.url.clone(),
-                op: "download",
-                object: object.to_owned(),
-                message: format!(
-                    "asked for {len} bytes at offset {offset}, got {}",
-                    bytes.len()
-                ),
-                retry: Retry::Permanent,
-            });
+            let got = bytes.len();
+            return Err(self.broken(
+                object,
+                format!("asked for {len} bytes at offset {offset}, got {got}"),
+            ));
         }
         Ok(bytes)
     }
@@ -82,24 +100,13 @@ impl S3Store {
         len: u64,
         progress: &ProgressFn,
     ) -> Result<(), StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(object)
-            .range(format!("bytes={}-{}", offset, offset + len - 1))
-            .send()
-            .await
-            .map_err(|e| self.err("get", object, e))?;
-        let mut body = out.body;
+        let mut body = self.ranged(object, None, offset, len).await?;
         let mut at = offset;
-        while let Some(chunk) = body.try_next().await.map_err(|e| StoreError::Remote {
-            zone: self.url.clone(),
-            op: "download",
-            object: object.to_owned(),
-            message: e.to_string(),
-            retry: Retry::Temporary,
-        })? {
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| self.broken(object, e.to_string()))?
+        {
             let f = file.clone();
             let pos = at;
             let n = chunk.len() as u64;
@@ -119,13 +126,8 @@ impl S3Store {
             .await
             .map_err(|e| StoreError::Unsupported(e.to_string()))?;
         if at != offset + len {
-            return Err(StoreError::Remote {
-                zone: self.url.clone(),
-                op: "download",
-                object: object.to_owned(),
-                message: format!("range ended after {} of {len} bytes", at - offset),
-                retry: Retry::Temporary,
-            });
+            let got = at - offset;
+            return Err(self.broken(object, format!("range ended after {got} of {len} bytes")));
         }
         Ok(())
     }
