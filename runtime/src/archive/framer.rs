@@ -131,6 +131,16 @@ impl Framer {
             &mut self.buf,
             Vec::with_capacity(super::index::GROUP_TARGET * 2),
         );
+        self.compress(raw)
+    }
+
+    /// Adds `raw` as a frame of its own (cuts first), without copying it.
+    pub fn push_frame(&mut self, raw: Vec<u8>) -> io::Result<()> {
+        self.cut()?;
+        self.compress(raw)
+    }
+
+    fn compress(&mut self, raw: Vec<u8>) -> io::Result<()> {
         self.raw_offset += raw.len() as u64;
         let seq = self.next_seq;
         self.send(Job::Compress { seq, raw })

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -191,10 +191,7 @@ pub(super) fn write_chunks(
         });
         match same {
             Some((bytes, frame)) => out.copy(bytes, frame).map_err(stream_err)?,
-            None => {
-                out.write_all(chunk).map_err(stream_err)?;
-                out.cut().map_err(stream_err)?;
-            }
+            None => out.push_frame(std::mem::take(chunk)).map_err(stream_err)?,
         }
         k += 1;
     }
