@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tierkeep::domain::BackupId;
-use tierkeep::store::{BackupKey, S3Settings, S3Store, ZoneStore, ZoneUrl};
+use tierkeep::store::{ARCHIVE_NAME, BackupKey, S3Settings, S3Store, ZoneStore, ZoneUrl};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -85,11 +85,11 @@ fn measure(server: &s3::S3, file: &Path, size_mib: f64, reps: usize) -> anyhow::
         };
         let noop: tierkeep::store::ProgressFn = Arc::new(|_| {});
         let t = Instant::now();
-        rt.block_on(store.put_archive(&key, file, noop.clone()))?;
+        rt.block_on(store.put_archive(&key, ARCHIVE_NAME, file, noop.clone()))?;
         up.push(t.elapsed().as_secs_f64());
         let dest = dir.path().join(format!("down-{rep}"));
         let t = Instant::now();
-        rt.block_on(store.fetch_archive(&key, &dest, noop))?;
+        rt.block_on(store.fetch_archive(&key, ARCHIVE_NAME, &dest, noop))?;
         down.push(t.elapsed().as_secs_f64());
         anyhow::ensure!(
             std::fs::read(&dest)? == std::fs::read(file)?,

@@ -28,6 +28,7 @@
 pub mod archive;
 pub mod catalog;
 pub mod config;
+pub mod crypt;
 pub mod daemon;
 pub mod faults;
 pub mod hooks;

@@ -586,6 +586,26 @@ impl S3 {
         })
     }
 
+    /// The bytes of an object (its current version).
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let client = self.client();
+        self.block_on(async {
+            let out = client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("get object");
+            out.body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes()
+                .to_vec()
+        })
+    }
+
     /// The bytes of one version of an object.
     pub fn get_version(&self, bucket: &str, key: &str, version: &str) -> Vec<u8> {
         let client = self.client();

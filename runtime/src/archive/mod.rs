@@ -29,6 +29,9 @@ pub use manifest::{MANIFEST_FORMAT, Manifest};
 /// (catalog notes, `verify` results) still carries all of it.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
+    /// An encrypted archive cannot be decrypted (no identity, a wrong one).
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::CryptError),
     /// I/O on a source or target path failed.
     #[error("{action} {path}: {cause}")]
     Io {
@@ -528,7 +531,7 @@ mod round_trip {
                 owners: false,
                 keep_setuid: true,
             };
-            super::read::extract(&archive, &x, &mut |_| {}).unwrap();
+            super::read::extract(&super::read::ArchiveSource::plain(&archive), &x, &mut |_| {}).unwrap();
             let restored = target.join(src.strip_prefix("/").unwrap());
             prop_assert_eq!(snapshot(&src), snapshot(&restored));
         }

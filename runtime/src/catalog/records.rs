@@ -190,13 +190,24 @@ impl Catalog {
         id: &BackupId,
         from: Zone,
         to: Zone,
+        stored: &Manifest,
         now: OffsetDateTime,
         reason: &str,
     ) -> Result<(), CatalogError> {
+        let manifest = serde_json::to_string(stored).unwrap_or_default();
         self.write(|tx| {
+            // The copy in the new zone may differ (an encrypted one): its manifest.
             tx.execute(
-                "UPDATE backups SET zone = ?2, state = 'present', updated_at = ?3 WHERE id = ?1",
-                params![id.as_str(), to.as_str(), ts(now)],
+                "UPDATE backups SET zone = ?2, state = 'present', updated_at = ?3, \
+                 manifest = ?4, size_bytes = ?5, sha256 = ?6 WHERE id = ?1",
+                params![
+                    id.as_str(),
+                    to.as_str(),
+                    ts(now),
+                    manifest,
+                    stored.archive_bytes as i64,
+                    stored.archive_sha256
+                ],
             )?;
             event(
                 tx,

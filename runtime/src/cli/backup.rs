@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use tierkeep::domain::{BackupKind, format_size};
 use tierkeep::ops::{BackupOutcome, Tierkeep};
-use tierkeep::store::{ARCHIVE_NAME, BackupKey};
+use tierkeep::store::BackupKey;
 
 use super::{Global, now, print_json};
 
@@ -113,13 +113,10 @@ fn archive_location(tk: &Tierkeep, out: &BackupOutcome) -> String {
         id: out.manifest.id.clone(),
     };
     let store = tk.store(out.zone);
-    match store.local_archive(&key) {
+    let name = out.manifest.archive_name();
+    match store.local_archive(&key, name) {
         Some(path) => path.display().to_string(),
-        None => format!(
-            "{}/{}/{ARCHIVE_NAME}",
-            store.url().trim_end_matches('/'),
-            key
-        ),
+        None => format!("{}/{}/{name}", store.url().trim_end_matches('/'), key),
     }
 }
 

@@ -18,10 +18,12 @@ pub struct LsArgs {
     /// Print the listing as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub identity: super::IdentityArg,
 }
 
 pub async fn run(g: &Global, a: LsArgs) -> Result<ExitCode> {
-    let tk = g.open(false)?;
+    let tk = g.open_with(false, &a.identity)?;
     let listing = tk.ls(&a.id, a.path.as_deref()).await?;
     if a.json {
         print_json(&listing)?;

@@ -200,13 +200,32 @@ impl Global {
 
     /// Loads the configuration and opens the zones.
     pub fn open(&self, deep: bool) -> Result<Tierkeep> {
-        let loaded = self.load(deep)?;
+        self.open_with(deep, &IdentityArg::default())
+    }
+
+    /// [`Global::open`] for a command that may read an encrypted backup: `--identity`
+    /// (or `TIERKEEP_IDENTITY`) replaces `encryption.identity_file`.
+    pub fn open_with(&self, deep: bool, identity: &IdentityArg) -> Result<Tierkeep> {
+        let mut loaded = self.load(deep)?;
+        if let Some(file) = &identity.identity {
+            loaded.settings.encryption.identity_file = Some(file.clone());
+        }
         Ok(Tierkeep::new(loaded.settings)?)
     }
 
     pub fn progress(&self, json: bool) -> tierkeep::progress::Progress {
         tierkeep::progress::Progress::terminal(!json && !self.no_progress)
     }
+}
+
+/// `--identity FILE`, for the commands that read an encrypted backup's contents.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct IdentityArg {
+    /// The identity that decrypts an encrypted backup: an age identity file
+    /// (`age-keygen`) or an unencrypted SSH private key; instead of
+    /// encryption.identity_file. A passphrase comes from TIERKEEP_PASSPHRASE.
+    #[arg(long, env = "TIERKEEP_IDENTITY", value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
 }
 
 /// The exit status of an error: configuration → 2, refusals → 3, else 1.

@@ -29,10 +29,12 @@ pub struct RestoreArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub identity: super::IdentityArg,
 }
 
 pub async fn run(g: &Global, a: RestoreArgs) -> Result<ExitCode> {
-    let tk = g.open(false)?;
+    let tk = g.open_with(false, &a.identity)?;
     let progress = g.progress(a.json);
     let out = tk
         .restore(

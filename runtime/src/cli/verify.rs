@@ -22,10 +22,12 @@ pub struct VerifyArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub identity: super::IdentityArg,
 }
 
 pub async fn run(g: &Global, a: VerifyArgs) -> Result<ExitCode> {
-    let tk = g.open(false)?;
+    let tk = g.open_with(false, &a.identity)?;
     let progress = g.progress(a.json);
     let results = tk.verify(a.id.as_deref(), a.deep, now(), &progress).await?;
     let failed = results.iter().filter(|r| !r.ok).count();

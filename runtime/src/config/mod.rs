@@ -22,8 +22,8 @@ use crate::domain::{Capacity, Schedule, Zone};
 use crate::store::ZoneUrl;
 
 pub use self::raw::{
-    BackupConfig, DaemonConfig, HooksConfig, PolicyConfig, RawConfig, S3Config, ScheduleConfig,
-    SizeValue, SourceConfig, ZoneConfig, ZonesConfig,
+    BackupConfig, DaemonConfig, EncryptionConfig, HooksConfig, PolicyConfig, RawConfig, S3Config,
+    ScheduleConfig, SizeValue, SourceConfig, ZoneConfig, ZonesConfig,
 };
 pub use self::show::provenance;
 
@@ -96,6 +96,31 @@ pub struct Hooks {
     pub timeout: Duration,
 }
 
+/// `[encryption]`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct EncryptionSettings {
+    /// Who new encrypted archives are made for; `None`: encryption is off.
+    pub recipients: Option<std::sync::Arc<crate::crypt::Recipients>>,
+    /// `encryption.identity_file`.
+    pub identity_file: Option<PathBuf>,
+    /// `encryption.passphrase_file`.
+    pub passphrase_file: Option<PathBuf>,
+    /// Whether the black box is encrypted too.
+    pub black_box: bool,
+}
+
+impl EncryptionSettings {
+    /// The recipients when archives stored in `zone` are encrypted.
+    pub fn for_zone(
+        &self,
+        zone: crate::domain::Zone,
+    ) -> Option<&std::sync::Arc<crate::crypt::Recipients>> {
+        self.recipients
+            .as_ref()
+            .filter(|_| zone != crate::domain::Zone::BlackBox || self.black_box)
+    }
+}
+
 /// The validated, effective configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -133,6 +158,8 @@ pub struct Settings {
     pub reuse: bool,
     /// How often every file is read in full despite reuse.
     pub full_read_every: Duration,
+    /// Encryption at rest.
+    pub encryption: EncryptionSettings,
     /// Non-fatal remarks (`config check` prints them).
     pub warnings: Vec<String>,
     /// The config file read, if any.

@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub backup: BackupConfig,
     /// Source consistency commands run around every backup.
     pub hooks: HooksConfig,
+    /// Encryption at rest of the deletion and reserved zones.
+    pub encryption: EncryptionConfig,
 }
 
 /// `[source]`
@@ -155,4 +157,22 @@ pub struct BackupConfig {
     /// Read every file in full at least this often, even when reuse is on (default
     /// `7d`), so that a change hidden behind an unchanged mtime and ctime cannot last.
     pub full_read_every: Option<String>,
+}
+
+/// `[encryption]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Public keys archives are encrypted to: `age1…`, `ssh-ed25519 …`, `ssh-rsa …`.
+    pub recipients: Vec<String>,
+    /// A file of recipients, one per line (`#` comments), as `age -R` reads.
+    pub recipients_file: Option<RelativePathBuf>,
+    /// A file whose first line is a passphrase: the only recipient (age's scrypt).
+    pub passphrase_file: Option<RelativePathBuf>,
+    /// The identity that decrypts, for restore, `ls`, export and `verify --deep` (keep it
+    /// off the host; `--identity` and `TIERKEEP_IDENTITY` name one for a single command).
+    pub identity_file: Option<RelativePathBuf>,
+    /// Encrypt the black box too (default false: the black box stays plaintext beside
+    /// the data it copies, so reuse and restores need no key).
+    pub black_box: Option<bool>,
 }

@@ -1,6 +1,8 @@
 //! Showing the configuration (`config show`): every effective value with its key, secrets
 //! redacted, and where each value came from.
 
+use std::path::PathBuf;
+
 use figment::Figment;
 
 use super::Settings;
@@ -112,6 +114,27 @@ impl Settings {
             "backup.full_read_every".into(),
             format_duration(self.full_read_every),
         ));
+        let enc = &self.encryption;
+        match &enc.recipients {
+            None => v.push((
+                "encryption.recipients".into(),
+                "(none: not encrypted)".into(),
+            )),
+            Some(r) => {
+                for (i, (fingerprint, key)) in r.shown().into_iter().enumerate() {
+                    v.push((
+                        format!("encryption.recipients[{i}]"),
+                        format!("{key} ({fingerprint})"),
+                    ));
+                }
+            }
+        }
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "(none)".into(), |p| p.display().to_string())
+        };
+        v.push(("encryption.identity_file".into(), path(&enc.identity_file)));
+        v.push(("encryption.black_box".into(), enc.black_box.to_string()));
         v
     }
 }

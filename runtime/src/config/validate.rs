@@ -8,7 +8,8 @@ use std::time::Duration;
 use figment::value::magic::RelativePathBuf;
 
 use super::{
-    DEFAULT_MIN_FREE, Hooks, MAX_AGING, RawConfig, Settings, SizeValue, ZoneSettings, normalize,
+    DEFAULT_MIN_FREE, EncryptionConfig, EncryptionSettings, Hooks, MAX_AGING, RawConfig, Settings,
+    SizeValue, ZoneSettings, normalize,
 };
 use crate::decision::{MAX_INTERVAL, MIN_INTERVAL};
 use crate::domain::{
@@ -417,6 +418,7 @@ pub(super) fn validate(
             "s3.endpoint `{ep}`: expected a URL such as http://127.0.0.1:9000"
         ));
     }
+    let encryption = encryption(&raw.encryption, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -445,9 +447,60 @@ pub(super) fn validate(
         threads,
         reuse: raw.backup.reuse.unwrap_or(true),
         full_read_every,
+        encryption,
         warnings,
         file,
     })
+}
+
+/// `[encryption]`: every malformed recipient is reported, naming where it came from.
+fn encryption(raw: &EncryptionConfig, problems: &mut Vec<String>) -> EncryptionSettings {
+    let passphrase_file = raw.passphrase_file.as_ref().map(resolve);
+    let recipients_file = raw.recipients_file.as_ref().map(resolve);
+    let black_box = raw.black_box.unwrap_or(false);
+    let on = !raw.recipients.is_empty() || recipients_file.is_some() || passphrase_file.is_some();
+    let recipients = if on {
+        let passphrase = match &passphrase_file {
+            Some(p) => match crate::crypt::read_passphrase_file(p) {
+                Ok(pass) => Some(pass),
+                Err(e) => {
+                    problems.push(format!("encryption.passphrase_file: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        if passphrase_file.is_some() && passphrase.is_none() {
+            None
+        } else {
+            match crate::crypt::Recipients::parse(
+                &raw.recipients,
+                recipients_file.as_deref(),
+                passphrase,
+            ) {
+                Ok(r) => Some(std::sync::Arc::new(r)),
+                Err(list) => {
+                    problems.extend(list);
+                    None
+                }
+            }
+        }
+    } else {
+        if black_box {
+            problems.push(
+                "encryption.black_box = true needs recipients: set encryption.recipients \
+                 (or recipients_file, or passphrase_file)"
+                    .into(),
+            );
+        }
+        None
+    };
+    EncryptionSettings {
+        recipients,
+        identity_file: raw.identity_file.as_ref().map(resolve),
+        passphrase_file,
+        black_box,
+    }
 }
 
 fn probe_writable(dir: &Path) -> std::io::Result<()> {

@@ -236,7 +236,10 @@ impl Tierkeep {
             host: self.settings.host_id.clone(),
             id: id.clone(),
         };
-        let staging_dir = match store.staging_dir() {
+        // An archive the zone keeps encrypted is written in the host's staging folder
+        // and encrypted on its way into the zone, which never holds its plaintext.
+        let encrypted = self.settings.encryption.for_zone(zone).is_some();
+        let staging_dir = match store.staging_dir().filter(|_| !encrypted) {
             Some(d) => {
                 fs::create_dir_all(&d).map_err(io_err("create", &d))?;
                 d
@@ -382,6 +385,7 @@ impl Tierkeep {
                 .then(|| reuse.from.clone())
                 .flatten(),
             full_read_at: Some(reuse.full_read_at),
+            encryption: None,
         };
         if manifest.reused_bytes > 0 {
             tracing::info!(
@@ -433,8 +437,13 @@ impl Tierkeep {
             }
         }
         progress.phase("store", manifest.archive_bytes);
-        store.put_archive(key, staged, progress.callback()).await?;
+        let manifest = self
+            .store_archive(store, zone, key, staged, &manifest, progress)
+            .await?;
         store.put_manifest(&manifest).await?;
+        // What was uploaded (or encrypted) from staging is not kept; a local zone has
+        // already renamed it into place.
+        let _ = fs::remove_file(staged);
         Ok(manifest)
     }
 
@@ -497,7 +506,17 @@ impl Tierkeep {
             );
             return full;
         }
-        let Some(path) = self.store(Zone::BlackBox).local_archive(&self.key(&prev)) else {
+        if m.encryption.is_some() {
+            tracing::info!(
+                id = %prev.id,
+                "the previous backup is encrypted (encryption.black_box): a full read"
+            );
+            return full;
+        }
+        let Some(path) = self
+            .store(Zone::BlackBox)
+            .local_archive(&self.key(&prev), m.archive_name())
+        else {
             return full;
         };
         Reuse {

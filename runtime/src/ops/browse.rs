@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -14,14 +13,13 @@ use super::{OpsError, Tierkeep};
 use crate::archive::ArchiveError;
 use crate::archive::index::{self, Entry, Index, Kind};
 use crate::archive::read::frames::{self, Selection};
-use crate::archive::read::{ExtractOptions, ExtractSummary, list_archive, running_as_root};
+use crate::archive::read::{
+    ArchiveSource, ExtractOptions, ExtractSummary, list_archive, running_as_root,
+};
 use crate::catalog::Record;
 use crate::domain::Zone;
 use crate::progress::Progress;
 use crate::store;
-
-/// Ranged reads in flight at once.
-const PARALLEL_READS: usize = 8;
 
 /// A partial restore reads frames only while they are at most this share of the
 /// archive (in percent); beyond, reading the whole archive once costs about the same.
@@ -116,18 +114,20 @@ pub(super) fn stored_path(flag: &str, p: &Path) -> Result<PathBuf, OpsError> {
 }
 
 impl Tierkeep {
-    /// The entry index of `rec`, read with one ranged read: `Ok(None)` for a format 1
-    /// backup, [`ArchiveError::Index`] when it cannot be read or is damaged.
-    pub(super) async fn read_index(&self, rec: &Record) -> Result<Option<Index>, OpsError> {
+    /// The entry index of `rec`, read with one ranged read (three for an encrypted
+    /// backup: its header, its last chunk and the index's chunks), and the stored bytes
+    /// read: `Ok(None)` for a format 1 backup, [`ArchiveError::Index`] when it cannot be
+    /// read or is damaged.
+    pub(super) async fn read_index(&self, rec: &Record) -> Result<Option<(Index, u64)>, OpsError> {
         let Some(reference) = rec.manifest.index.as_ref() else {
             return Ok(None);
         };
-        let store = self.store(rec.zone);
-        let bytes = store
-            .read_range(&self.key(rec), reference.offset, reference.bytes)
+        let (mut bytes, read) = self
+            .read_plain_ranges(rec, &[(reference.offset, reference.bytes)], None)
             .await?;
+        let bytes = bytes.pop().unwrap_or_default();
         index::decode_index(&bytes, reference)
-            .map(Some)
+            .map(|index| Some((index, read)))
             .map_err(|e| OpsError::Archive(ArchiveError::Index(e)))
     }
 
@@ -143,14 +143,13 @@ impl Tierkeep {
                 .is_none_or(|o| frames::under(&e.name.0, o.as_bytes()))
         };
         let (entries, from_index, read) = match self.read_index(&rec).await {
-            Ok(Some(index)) => {
+            Ok(Some((index, read))) => {
                 let listed: Vec<ListedEntry> = index
                     .entries
                     .iter()
                     .filter(|e| wanted(e))
                     .map(listed)
                     .collect();
-                let read = rec.manifest.index.as_ref().map_or(0, |r| r.bytes);
                 (listed, true, read)
             }
             unusable @ (Ok(None) | Err(OpsError::Archive(ArchiveError::Index(_)))) => {
@@ -189,15 +188,23 @@ impl Tierkeep {
         let dest = self
             .staging()?
             .join(format!("{}.ls-{}.tar.zst", rec.id, std::process::id()));
+        let source = ArchiveSource {
+            path: dest.clone(),
+            decrypt: self.decrypt_for(rec)?,
+        };
         let copy = store::readable_copy(
             store.as_ref(),
             &self.key(rec),
+            rec.manifest.archive_name(),
             &dest,
             Progress::hidden().callback(),
         )
         .await?;
-        let path = copy.path().to_path_buf();
-        let all = tokio::task::spawn_blocking(move || list_archive(&path))
+        let source = ArchiveSource {
+            path: copy.path().to_path_buf(),
+            ..source
+        };
+        let all = tokio::task::spawn_blocking(move || list_archive(&source))
             .await
             .map_err(|e| OpsError::Internal(e.to_string()))??;
         drop(copy);
@@ -217,8 +224,8 @@ impl Tierkeep {
         keep_setuid: bool,
         progress: &Progress,
     ) -> Result<Option<(ExtractSummary, u64)>, OpsError> {
-        let index = match self.read_index(rec).await {
-            Ok(Some(index)) => index,
+        let (index, index_read) = match self.read_index(rec).await {
+            Ok(Some(found)) => found,
             Ok(None) => return Ok(None),
             Err(OpsError::Archive(ArchiveError::Index(e))) => {
                 tracing::warn!(
@@ -249,10 +256,9 @@ impl Tierkeep {
             );
             return Ok(None);
         }
-        let index_bytes = rec.manifest.index.as_ref().map_or(0, |r| r.bytes);
         progress.phase("restore", sel.bytes);
-        let runs = self.read_runs(rec, &index, &sel, progress).await?;
-        let read: u64 = index_bytes + runs.iter().map(|r| r.len() as u64).sum::<u64>();
+        let (runs, runs_read) = self.read_runs(rec, &index, &sel, progress).await?;
+        let read = index_read + runs_read;
         let opts = ExtractOptions {
             target: target.to_path_buf(),
             force,
@@ -281,16 +287,15 @@ impl Tierkeep {
         Ok(Some((summary, read)))
     }
 
-    /// Reads the selected runs of frames, several at once, in order.
+    /// Reads the selected runs of frames, several at once, in order; and the stored
+    /// bytes read.
     async fn read_runs(
         &self,
         rec: &Record,
         index: &Index,
         sel: &Selection,
         progress: &Progress,
-    ) -> Result<Vec<Vec<u8>>, OpsError> {
-        let store = self.store(rec.zone).clone();
-        let key = self.key(rec);
+    ) -> Result<(Vec<Vec<u8>>, u64), OpsError> {
         let ranges: Vec<(u64, u64)> = sel
             .runs
             .iter()
@@ -300,20 +305,6 @@ impl Tierkeep {
                 (first.offset, last.offset + last.bytes - first.offset)
             })
             .collect();
-        let bar = progress.clone();
-        stream::iter(ranges)
-            .map(|(offset, len)| {
-                let store = store.clone();
-                let key = key.clone();
-                let bar = bar.clone();
-                async move {
-                    let bytes = store.read_range(&key, offset, len).await?;
-                    bar.inc(len);
-                    Ok::<_, OpsError>(bytes)
-                }
-            })
-            .buffered(PARALLEL_READS)
-            .try_collect()
-            .await
+        self.read_plain_ranges(rec, &ranges, Some(progress)).await
     }
 }

@@ -115,6 +115,10 @@ impl OpsError {
             OpsError::Archive(ArchiveError::PathNotInBackup(_)) => 3,
             OpsError::Ambiguous(..) | OpsError::Usage(_) => 2,
             OpsError::Store(StoreError::Unsupported(_)) => 2,
+            // No identity given, or an identity file that cannot be used: usage.
+            OpsError::Archive(ArchiveError::Crypt(
+                crate::crypt::CryptError::NoIdentity { .. } | crate::crypt::CryptError::Identity(_),
+            )) => 2,
             _ => 1,
         }
     }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::RecoveryReport;
-use crate::archive::ArchiveError;
+use crate::archive::{ArchiveError, Manifest};
 use crate::catalog::{Catalog, Event, Record, State as Held};
 use crate::decision::{Attempt, Decider, PolicyContext, Rules};
 use crate::domain::{BackupId, BackupView, Zone};
@@ -255,18 +255,28 @@ impl Tierkeep {
         let src = self.store(Zone::BlackBox).clone();
         let dst = self.store(Zone::Deletion).clone();
         let local = src
-            .local_archive(&key)
+            .local_archive(&key, rec.manifest.archive_name())
             .ok_or_else(|| OpsError::Internal("the black box must be a local zone".into()))?;
-        let result: Result<(), OpsError> = async {
+        let result: Result<Manifest, OpsError> = async {
             dst.check().await?;
             faults::point("move.before_upload")?;
             progress.phase("aging", rec.size_bytes);
-            dst.put_archive(&key, &local, progress.callback()).await?;
+            // Encrypted on the way when the deletion zone's archives are.
+            let stored = self
+                .store_archive(
+                    dst.as_ref(),
+                    Zone::Deletion,
+                    &key,
+                    &local,
+                    &rec.manifest,
+                    progress,
+                )
+                .await?;
             faults::point("move.after_upload")?;
-            self.verify_copy(rec, &key, progress).await?;
+            self.verify_copy(rec, &stored, &key, progress).await?;
             faults::point("move.after_verify")?;
-            dst.put_manifest(&rec.manifest).await?;
-            Ok(())
+            dst.put_manifest(&stored).await?;
+            Ok(stored)
         }
         .await;
         self.zone_outcome(catalog, Zone::Deletion, now, result.as_ref().err());
@@ -288,17 +298,27 @@ impl Tierkeep {
         } else {
             result
         };
-        if let Err(e) = result {
-            // Not committed: drop the partial upload; the black-box copy is untouched.
-            if let Err(clean) = dst.remove_incomplete(&key).await
-                && !matches!(clean, StoreError::NotFound { .. })
-            {
-                tracing::warn!("could not remove the incomplete upload of {key}: {clean}");
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Not committed: drop the partial upload; the black-box copy is untouched.
+                if let Err(clean) = dst.remove_incomplete(&key).await
+                    && !matches!(clean, StoreError::NotFound { .. })
+                {
+                    tracing::warn!("could not remove the incomplete upload of {key}: {clean}");
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         faults::point("move.after_commit")?;
-        catalog.mark_moved(&rec.id, Zone::BlackBox, Zone::Deletion, now, reason)?;
+        catalog.mark_moved(
+            &rec.id,
+            Zone::BlackBox,
+            Zone::Deletion,
+            &stored,
+            now,
+            reason,
+        )?;
         faults::point("move.after_catalog")?;
         self.remove_copy(rec, Zone::BlackBox).await?;
         faults::point("move.after_remove")?;
@@ -306,10 +326,12 @@ impl Tierkeep {
         Ok(())
     }
 
-    /// Re-reads the uploaded copy in the deletion zone and compares it with the manifest.
+    /// Re-reads the uploaded copy in the deletion zone and compares it with its
+    /// manifest `stored` (an encrypted copy's ciphertext hash needs no key).
     async fn verify_copy(
         &self,
         rec: &Record,
+        stored: &Manifest,
         key: &BackupKey,
         progress: &Progress,
     ) -> Result<(), OpsError> {
@@ -318,8 +340,16 @@ impl Tierkeep {
             "{}-{}.verify.partial",
             self.settings.host_id, rec.id
         ));
-        let copy = store::readable_copy(dst.as_ref(), key, &dest, progress.callback()).await?;
-        self.verify_copy_of(rec, copy.path(), &Progress::hidden())
+        let copy = store::readable_copy(
+            dst.as_ref(),
+            key,
+            stored.archive_name(),
+            &dest,
+            progress.callback(),
+        )
+        .await?;
+        let expected = (stored.archive_bytes, stored.archive_sha256.clone());
+        self.verify_file_of(expected, copy.path(), &Progress::hidden())
             .await
     }
 

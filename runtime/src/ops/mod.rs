@@ -5,6 +5,7 @@
 //! - [`backup`]: scheduled and manual backups (admission, hooks, archive, commit);
 //! - [`read`]: restore, export and verify, through one readable local copy;
 //! - [`browse`]: `ls` and `restore --path` through a format 2 archive's entry index;
+//! - `encryption`: archives stored encrypted, identities, plaintext ranges of either;
 //! - [`lifecycle`]: carries out the planner's steps (moves, evictions) and `tick`;
 //! - [`recovery`]: brings zones and catalog back in line after an interrupted run;
 //! - [`locks`]: the host lock, the pins of copies being read, the work marker;
@@ -17,6 +18,7 @@
 
 pub mod backup;
 pub mod browse;
+mod encryption;
 pub mod error;
 pub mod lifecycle;
 pub mod locks;
@@ -114,10 +116,21 @@ impl Tierkeep {
         path: &Path,
         progress: &Progress,
     ) -> Result<(), OpsError> {
-        let expected = (rec.size_bytes, rec.sha256.clone());
+        self.verify_file_of((rec.size_bytes, rec.sha256.clone()), path, progress)
+            .await
+    }
+
+    /// Hashes the file `path` on a blocking thread and compares it with `expected`
+    /// (size, hex SHA-256).
+    pub(crate) async fn verify_file_of(
+        &self,
+        expected: (u64, String),
+        path: &Path,
+        progress: &Progress,
+    ) -> Result<(), OpsError> {
         let check = path.to_path_buf();
         let bar = progress.clone();
-        bar.phase("verify", rec.size_bytes);
+        bar.phase("verify", expected.0);
         tokio::task::spawn_blocking(move || {
             let mut cb = |n| bar.inc(n);
             verify_file(&check, &expected, &mut cb)

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::{OpsError, Tierkeep, io_err};
 use crate::archive::read::{
-    ExtractOptions, ExtractSummary, check_archive, extract, running_as_root,
+    ArchiveSource, ExtractOptions, ExtractSummary, check_archive, extract, running_as_root,
 };
 use crate::archive::{ArchiveError, verify_file};
 use crate::catalog::{Record, State};
@@ -61,8 +61,9 @@ impl Tierkeep {
     ) -> Result<(PathBuf, bool), OpsError> {
         let store = self.store(rec.zone);
         let key = self.key(rec);
+        let name = rec.manifest.archive_name();
         let (path, exported) = if rec.zone.restores_in_place()
-            && let Some(p) = store.local_archive(&key)
+            && let Some(p) = store.local_archive(&key, name)
         {
             if !p.is_file() {
                 return Err(OpsError::Store(StoreError::NotFound {
@@ -78,7 +79,7 @@ impl Tierkeep {
             let _ = fs::remove_file(&dest);
             progress.phase("export", rec.size_bytes);
             store
-                .fetch_archive(&key, &dest, progress.callback())
+                .fetch_archive(&key, name, &dest, progress.callback())
                 .await?;
             (dest, true)
         };
@@ -130,21 +131,32 @@ impl Tierkeep {
                 archive_bytes_read: read,
             });
         }
+        // No identity, no download: an encrypted backup needs one before anything.
+        self.decrypt_for(&rec)?;
         let (archive, exported) = self.local_copy(&rec, progress).await?;
+        let source = match self.source_for(&rec, &archive) {
+            Ok(s) => s,
+            Err(e) => {
+                if exported {
+                    let _ = fs::remove_file(&archive);
+                }
+                return Err(e);
+            }
+        };
         let opts = ExtractOptions {
             target: target.to_path_buf(),
             force,
             only: only.clone(),
-            expected: Some((rec.size_bytes, rec.sha256.clone())),
+            // The plaintext's: an encrypted copy's ciphertext was verified above.
+            expected: Some(rec.manifest.plain()),
             owners: running_as_root(),
             keep_setuid,
         };
         let bar = progress.clone();
         bar.phase("restore", rec.size_bytes);
-        let src = archive.clone();
         let result: Result<ExtractSummary, ArchiveError> = tokio::task::spawn_blocking(move || {
             let mut cb = |n| bar.inc(n);
-            extract(&src, &opts, &mut cb)
+            extract(&source, &opts, &mut cb)
         })
         .await
         .map_err(|e| OpsError::Internal(e.to_string()))?;
@@ -166,7 +178,8 @@ impl Tierkeep {
         })
     }
 
-    /// Writes the archive of `id` to `to`, verified, for standard tools.
+    /// Writes the archive of `id` to `to`, verified, for standard tools: as it is stored,
+    /// so an encrypted backup is exported encrypted (`age -d` reads it; no key needed).
     pub async fn export(
         &self,
         id: &str,
@@ -186,7 +199,12 @@ impl Tierkeep {
         let key = self.key(&rec);
         progress.phase("export", rec.size_bytes);
         store
-            .fetch_archive(&key, &partial, progress.callback())
+            .fetch_archive(
+                &key,
+                rec.manifest.archive_name(),
+                &partial,
+                progress.callback(),
+            )
             .await?;
         let verified = self.verify_copy_of(&rec, &partial, progress).await;
         progress.finish();
@@ -295,20 +313,38 @@ impl Tierkeep {
                 rec.zone
             )));
         }
+        // A deep check of an encrypted backup needs its identity before anything.
+        let decrypt = if deep { self.decrypt_for(rec)? } else { None };
         let dest =
             self.staging()?
                 .join(format!("{}.verify-{}.tar.zst", rec.id, std::process::id()));
-        let copy = store::readable_copy(store.as_ref(), &key, &dest, progress.callback()).await?;
+        let copy = store::readable_copy(
+            store.as_ref(),
+            &key,
+            rec.manifest.archive_name(),
+            &dest,
+            progress.callback(),
+        )
+        .await?;
         let expected = (rec.size_bytes, rec.sha256.clone());
+        let plain = rec.manifest.plain();
         let bar = progress.clone();
         bar.phase("verify", rec.size_bytes);
-        let check = copy.path().to_path_buf();
+        let source = ArchiveSource {
+            path: copy.path().to_path_buf(),
+            decrypt,
+        };
         let result = tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
             let mut cb = |n| bar.inc(n);
-            if deep {
-                check_archive(&check, Some(&expected), &mut cb).map(|_| ())
+            if deep && source.decrypt.is_some() {
+                // The stored bytes first (no key needed), then the plaintext through
+                // every check of a restore.
+                verify_file(&source.path, &expected, &mut |_| {})?;
+                check_archive(&source, Some(&plain), &mut cb).map(|_| ())
+            } else if deep {
+                check_archive(&source, Some(&expected), &mut cb).map(|_| ())
             } else {
-                verify_file(&check, &expected, &mut cb)
+                verify_file(&source.path, &expected, &mut cb)
             }
         })
         .await

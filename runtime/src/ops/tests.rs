@@ -242,7 +242,7 @@ async fn a_damaged_copy_stays_and_the_next_backup_moves() {
     };
     let path =
         f.tk.store(Zone::BlackBox)
-            .local_archive(&key)
+            .local_archive(&key, crate::store::ARCHIVE_NAME)
             .expect("a local archive");
     let mut bytes = std::fs::read(&path).expect("read");
     let mid = bytes.len() / 2;

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{
-    ARCHIVE_NAME, BackupKey, Listed, ListedState, MANIFEST_NAME, ProgressFn, StoreError, ZoneStore,
-};
+use super::{BackupKey, Listed, ListedState, MANIFEST_NAME, ProgressFn, StoreError, ZoneStore};
 use crate::archive::Manifest;
 use crate::domain::{BackupId, validate_host_id};
 
@@ -112,18 +110,19 @@ impl LocalStore {
     fn put_archive_sync(
         &self,
         key: &BackupKey,
+        name: &str,
         src: &Path,
         progress: &ProgressFn,
     ) -> Result<(), StoreError> {
         let dir = self.dir(key);
         fs::create_dir_all(&dir).map_err(|e| self.err("create", &dir, e))?;
-        let dest = dir.join(ARCHIVE_NAME);
+        let dest = dir.join(name);
         let staged = self.staging_dir_path();
         if src.parent() == Some(staged.as_path()) {
             // Written (and fsynced) in our own staging area: a rename moves it in.
             fs::rename(src, &dest).map_err(|e| self.err("rename", &dest, e))?;
         } else {
-            let partial = dir.join(format!("{ARCHIVE_NAME}.partial"));
+            let partial = dir.join(format!("{name}.partial"));
             copy_synced(src, &partial, progress).map_err(|e| self.err("write", &partial, e))?;
             fs::rename(&partial, &dest).map_err(|e| self.err("rename", &dest, e))?;
         }
@@ -141,7 +140,7 @@ impl LocalStore {
             id: m.id.clone(),
         };
         let dir = self.dir(&key);
-        let archive = dir.join(ARCHIVE_NAME);
+        let archive = dir.join(m.archive_name());
         if !archive.is_file() {
             return Err(self.err(
                 "commit",
@@ -185,6 +184,44 @@ impl LocalStore {
             sync_dir(&dir).map_err(|e| self.err("fsync", &dir, e))?;
         }
         fs::remove_dir_all(&dir).map_err(|e| self.err("remove", &dir, e))?;
+        if let Some(host_dir) = dir.parent() {
+            sync_dir(host_dir).map_err(|e| self.err("fsync", host_dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn put_stream_sync(
+        &self,
+        key: &BackupKey,
+        name: &str,
+        mut src: Box<dyn Read + Send>,
+        progress: &ProgressFn,
+    ) -> Result<(), StoreError> {
+        let dir = self.dir(key);
+        fs::create_dir_all(&dir).map_err(|e| self.err("create", &dir, e))?;
+        let dest = dir.join(name);
+        let partial = dir.join(format!("{name}.partial"));
+        let written = (|| {
+            let mut out = File::create(&partial)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                out.write_all(&buf[..n])?;
+                progress(n as u64);
+            }
+            out.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&partial);
+            return Err(self.err("write", &partial, e));
+        }
+        fs::rename(&partial, &dest).map_err(|e| self.err("rename", &dest, e))?;
+        sync_dir(&dir).map_err(|e| self.err("fsync", &dir, e))?;
         if let Some(host_dir) = dir.parent() {
             sync_dir(host_dir).map_err(|e| self.err("fsync", host_dir, e))?;
         }
@@ -264,13 +301,29 @@ impl ZoneStore for LocalStore {
     async fn put_archive(
         &self,
         key: &BackupKey,
+        name: &str,
         src: &Path,
         progress: ProgressFn,
     ) -> Result<(), StoreError> {
         let this = self.clone();
         let key = key.clone();
+        let name = name.to_owned();
         let src = src.to_path_buf();
-        blocking(move || this.put_archive_sync(&key, &src, &progress)).await
+        blocking(move || this.put_archive_sync(&key, &name, &src, &progress)).await
+    }
+
+    async fn put_archive_stream(
+        &self,
+        key: &BackupKey,
+        name: &str,
+        src: Box<dyn Read + Send>,
+        _size_hint: u64,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        let this = self.clone();
+        let key = key.clone();
+        let name = name.to_owned();
+        blocking(move || this.put_stream_sync(&key, &name, src, &progress)).await
     }
 
     async fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
@@ -279,18 +332,19 @@ impl ZoneStore for LocalStore {
         blocking(move || this.put_manifest_sync(&m)).await
     }
 
-    fn local_archive(&self, key: &BackupKey) -> Option<PathBuf> {
-        Some(self.dir(key).join(ARCHIVE_NAME))
+    fn local_archive(&self, key: &BackupKey, name: &str) -> Option<PathBuf> {
+        Some(self.dir(key).join(name))
     }
 
     async fn fetch_archive(
         &self,
         key: &BackupKey,
+        name: &str,
         dest: &Path,
         progress: ProgressFn,
     ) -> Result<(), StoreError> {
         let this = self.clone();
-        let src = self.dir(key).join(ARCHIVE_NAME);
+        let src = self.dir(key).join(name);
         let dest = dest.to_path_buf();
         let key = key.clone();
         blocking(move || {
@@ -308,11 +362,12 @@ impl ZoneStore for LocalStore {
     async fn read_range(
         &self,
         key: &BackupKey,
+        name: &str,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
         let this = self.clone();
-        let src = self.dir(key).join(ARCHIVE_NAME);
+        let src = self.dir(key).join(name);
         let key = key.clone();
         blocking(move || {
             use std::os::unix::fs::FileExt;

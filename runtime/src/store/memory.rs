@@ -268,6 +268,7 @@ impl ZoneStore for MemoryStore {
     async fn put_archive(
         &self,
         key: &BackupKey,
+        _name: &str,
         src: &Path,
         progress: ProgressFn,
     ) -> Result<(), StoreError> {
@@ -275,6 +276,34 @@ impl ZoneStore for MemoryStore {
         let bytes = tokio::fs::read(src)
             .await
             .map_err(|e| self.io("read", src.to_path_buf(), e))?;
+        let n = bytes.len() as u64;
+        self.put_raw_archive(key, bytes);
+        progress(n);
+        Ok(())
+    }
+
+    async fn put_archive_stream(
+        &self,
+        key: &BackupKey,
+        _name: &str,
+        mut src: Box<dyn std::io::Read + Send>,
+        _size_hint: u64,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        self.with(Op::PutArchive, |_| Ok(()))?;
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            src.read_to_end(&mut bytes).map(|_| bytes)
+        })
+        .await
+        .map_err(|e| {
+            self.io(
+                "read",
+                PathBuf::from(key.to_string()),
+                std::io::Error::other(e),
+            )
+        })?
+        .map_err(|e| self.io("read", PathBuf::from(key.to_string()), e))?;
         let n = bytes.len() as u64;
         self.put_raw_archive(key, bytes);
         progress(n);
@@ -302,13 +331,14 @@ impl ZoneStore for MemoryStore {
         })
     }
 
-    fn local_archive(&self, _key: &BackupKey) -> Option<PathBuf> {
+    fn local_archive(&self, _key: &BackupKey, _name: &str) -> Option<PathBuf> {
         None
     }
 
     async fn fetch_archive(
         &self,
         key: &BackupKey,
+        _name: &str,
         dest: &Path,
         progress: ProgressFn,
     ) -> Result<(), StoreError> {
@@ -336,6 +366,7 @@ impl ZoneStore for MemoryStore {
     async fn read_range(
         &self,
         key: &BackupKey,
+        _name: &str,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {

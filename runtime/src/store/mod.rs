@@ -2,8 +2,8 @@
 //! implementation in [`local`], an S3 one in [`s3`], and an in-memory one for tests in
 //! [`memory`]. Zone URLs are parsed once into a [`ZoneUrl`] ([`url`]).
 //!
-//! Layout inside a zone: `<host-id>/<backup-id>/archive.tar.zst` and
-//! `<host-id>/<backup-id>/manifest.json`. The manifest is written last and is the commit
+//! Layout inside a zone: `<host-id>/<backup-id>/archive.tar.zst` (or
+//! `archive.tar.zst.age` when encrypted) and `<host-id>/<backup-id>/manifest.json`. The manifest is written last and is the commit
 //! marker; an archive without a manifest is an incomplete upload, never a backup.
 
 pub mod local;
@@ -29,7 +29,9 @@ pub use s3::{S3Settings, S3Store};
 pub use url::{ZoneUrl, ZoneUrlError};
 
 /// The archive's object name inside a backup's folder.
-pub const ARCHIVE_NAME: &str = "archive.tar.zst";
+pub const ARCHIVE_NAME: &str = crate::archive::manifest::ARCHIVE_FILE;
+/// An encrypted archive's object name.
+pub const ENCRYPTED_ARCHIVE_NAME: &str = crate::archive::manifest::ENCRYPTED_ARCHIVE_FILE;
 /// The manifest's object name inside a backup's folder.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
@@ -220,25 +222,42 @@ pub trait ZoneStore: Send + Sync + fmt::Debug {
     /// Reads a committed backup's manifest.
     async fn read_manifest(&self, key: &BackupKey) -> Result<Manifest, StoreError>;
 
-    /// Stores the archive file `src` (consuming it when it is in the staging directory).
+    /// Stores the archive file `src` as `name` (`archive.tar.zst`, or an already
+    /// encrypted `archive.tar.zst.age`), consuming it when it is in the staging directory.
     /// Not yet a backup: the manifest commits it.
     async fn put_archive(
         &self,
         key: &BackupKey,
+        name: &str,
         src: &Path,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError>;
+
+    /// Stores an archive named `name` (`archive.tar.zst.age`) read from `src` as a
+    /// stream, with no local copy: an archive encrypted as it is read. `size_hint` is
+    /// about its size (the parts of a multipart upload are sized by it). Not yet a
+    /// backup: the manifest commits it.
+    async fn put_archive_stream(
+        &self,
+        key: &BackupKey,
+        name: &str,
+        src: Box<dyn std::io::Read + Send>,
+        size_hint: u64,
         progress: ProgressFn,
     ) -> Result<(), StoreError>;
 
     /// Writes the manifest, committing the backup.
     async fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError>;
 
-    /// The archive's path when it can be read in place (local zones).
-    fn local_archive(&self, key: &BackupKey) -> Option<PathBuf>;
+    /// The path of the archive named `name` when it can be read in place (local zones).
+    fn local_archive(&self, key: &BackupKey, name: &str) -> Option<PathBuf>;
 
-    /// Copies the archive to `dest` (a new file), calling `progress` as bytes arrive.
+    /// Copies the archive named `name` to `dest` (a new file), calling `progress` as
+    /// bytes arrive.
     async fn fetch_archive(
         &self,
         key: &BackupKey,
+        name: &str,
         dest: &Path,
         progress: ProgressFn,
     ) -> Result<(), StoreError>;
@@ -249,6 +268,7 @@ pub trait ZoneStore: Send + Sync + fmt::Debug {
     async fn read_range(
         &self,
         key: &BackupKey,
+        name: &str,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError>;
@@ -330,10 +350,11 @@ impl Drop for ReadableCopy {
 pub async fn readable_copy(
     store: &dyn ZoneStore,
     key: &BackupKey,
+    name: &str,
     fetch_to: &Path,
     progress: ProgressFn,
 ) -> Result<ReadableCopy, StoreError> {
-    if let Some(path) = store.local_archive(key) {
+    if let Some(path) = store.local_archive(key, name) {
         if !path.is_file() {
             return Err(StoreError::NotFound {
                 zone: store.url().to_owned(),
@@ -350,7 +371,7 @@ pub async fn readable_copy(
         path: fetch_to.to_path_buf(),
         fetched: true,
     };
-    store.fetch_archive(key, fetch_to, progress).await?;
+    store.fetch_archive(key, name, fetch_to, progress).await?;
     Ok(copy)
 }
 

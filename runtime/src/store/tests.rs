@@ -42,6 +42,7 @@ fn manifest(key: &BackupKey, archive: &[u8]) -> Manifest {
         reused_bytes: 0,
         reused_from: None,
         full_read_at: None,
+        encryption: None,
     }
 }
 
@@ -110,12 +111,12 @@ async fn conformance(
     let (p, _) = counter();
     assert_not_found(
         store
-            .fetch_archive(&a, &scratch.join("nothing"), p.clone())
+            .fetch_archive(&a, ARCHIVE_NAME, &scratch.join("nothing"), p.clone())
             .await,
         "fetch_archive of nothing",
     );
     assert_not_found(
-        readable_copy(store, &a, &scratch.join("nothing"), p).await,
+        readable_copy(store, &a, ARCHIVE_NAME, &scratch.join("nothing"), p).await,
         "readable_copy of nothing",
     );
     assert!(
@@ -129,7 +130,7 @@ async fn conformance(
 
     // An archive alone is an incomplete upload, not a backup.
     let (p, moved) = counter();
-    store.put_archive(&a, &src, p).await.unwrap();
+    store.put_archive(&a, ARCHIVE_NAME, &src, p).await.unwrap();
     assert_eq!(moved.load(Ordering::Relaxed), bytes_a.len() as u64);
     assert_eq!(
         states(&store.list().await.unwrap()),
@@ -151,15 +152,23 @@ async fn conformance(
 
     let dest = scratch.join("fetched");
     let (p, moved) = counter();
-    store.fetch_archive(&a, &dest, p).await.unwrap();
+    store
+        .fetch_archive(&a, ARCHIVE_NAME, &dest, p)
+        .await
+        .unwrap();
     assert_eq!(fs::read(&dest).unwrap(), bytes_a);
     assert_eq!(moved.load(Ordering::Relaxed), bytes_a.len() as u64);
 
     let fetch_to = scratch.join("readable");
     let (p, _) = counter();
-    let copy = readable_copy(store, &a, &fetch_to, p).await.unwrap();
+    let copy = readable_copy(store, &a, ARCHIVE_NAME, &fetch_to, p)
+        .await
+        .unwrap();
     assert_eq!(fs::read(copy.path()).unwrap(), bytes_a);
-    assert_eq!(copy.is_fetched(), store.local_archive(&a).is_none());
+    assert_eq!(
+        copy.is_fetched(),
+        store.local_archive(&a, ARCHIVE_NAME).is_none()
+    );
     let (path, fetched) = (copy.path().to_path_buf(), copy.is_fetched());
     drop(copy);
     assert_eq!(path.exists(), !fetched, "only a fetched copy is removed");
@@ -174,8 +183,11 @@ async fn conformance(
 
     // An incomplete upload and an unreadable manifest, listed in id order.
     let (p, _) = counter();
-    store.put_archive(&b, &src, p.clone()).await.unwrap();
-    store.put_archive(&c, &src, p).await.unwrap();
+    store
+        .put_archive(&b, ARCHIVE_NAME, &src, p.clone())
+        .await
+        .unwrap();
+    store.put_archive(&c, ARCHIVE_NAME, &src, p).await.unwrap();
     plant_manifest(&c, &manifest(&b, &bytes_a).to_json());
     let listed = store.list().await.unwrap();
     assert_eq!(
@@ -206,7 +218,9 @@ async fn conformance(
     assert_not_found(store.delete(&a).await, "delete of deleted");
     let (p, _) = counter();
     assert_not_found(
-        store.fetch_archive(&a, &scratch.join("deleted"), p).await,
+        store
+            .fetch_archive(&a, ARCHIVE_NAME, &scratch.join("deleted"), p)
+            .await,
         "fetch_archive of deleted",
     );
     store.remove_incomplete(&b).await.unwrap();
@@ -257,7 +271,7 @@ async fn readable_copy_of_a_missing_local_archive_is_not_found() {
     let store = LocalStore::new("file:///zone".into(), dir.path().to_path_buf());
     let (p, _) = counter();
     assert_not_found(
-        readable_copy(&store, &key("h", 1), &dir.path().join("x"), p).await,
+        readable_copy(&store, &key("h", 1), ARCHIVE_NAME, &dir.path().join("x"), p).await,
         "readable_copy",
     );
 }
@@ -274,13 +288,19 @@ async fn injected_failures_fail_once_and_change_nothing() {
     store.fail_next(Op::PutArchive);
     store.fail_next(Op::PutArchive);
     for _ in 0..2 {
-        let err = store.put_archive(&k, &src, p.clone()).await.unwrap_err();
+        let err = store
+            .put_archive(&k, ARCHIVE_NAME, &src, p.clone())
+            .await
+            .unwrap_err();
         assert_eq!(err.retry(), Retry::Temporary, "{err}");
         assert!(err.to_string().contains("injected failure"), "{err}");
     }
     assert!(store.keys().is_empty(), "a failed put stores nothing");
     assert_eq!(moved.load(Ordering::Relaxed), 0);
-    store.put_archive(&k, &src, p.clone()).await.unwrap();
+    store
+        .put_archive(&k, ARCHIVE_NAME, &src, p.clone())
+        .await
+        .unwrap();
     assert_eq!(store.archive(&k).as_deref(), Some(&b"bytes"[..]));
     assert_eq!(store.calls(Op::PutArchive), 3);
 
@@ -309,7 +329,10 @@ async fn an_unreachable_memory_zone_fails_everything_until_it_answers() {
     let store = MemoryStore::new("mem://zone");
     let k = key("h", 1);
     let (p, _) = counter();
-    store.put_archive(&k, &src, p.clone()).await.unwrap();
+    store
+        .put_archive(&k, ARCHIVE_NAME, &src, p.clone())
+        .await
+        .unwrap();
     store.put_manifest(&manifest(&k, b"bytes")).await.unwrap();
 
     store.set_unreachable(Some("connection refused"));
@@ -318,7 +341,7 @@ async fn an_unreachable_memory_zone_fails_everything_until_it_answers() {
         store.list().await.unwrap_err(),
         store.read_manifest(&k).await.unwrap_err(),
         store
-            .fetch_archive(&k, &dir.path().join("f"), p.clone())
+            .fetch_archive(&k, ARCHIVE_NAME, &dir.path().join("f"), p.clone())
             .await
             .unwrap_err(),
         store.delete(&k).await.unwrap_err(),

@@ -4,12 +4,69 @@
 //! manifest.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
-use std::path::Path;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 
 use crate::archive::{ArchiveError, HashingReader, index};
+use crate::crypt::{CryptError, Identities};
+
+/// An archive file to read, and how: as it is, or decrypted (an `.age` copy).
+#[derive(Debug, Clone)]
+pub struct ArchiveSource {
+    /// The file.
+    pub path: PathBuf,
+    /// For an encrypted file: the identities that decrypt it, and the backup's id and
+    /// recipients for messages.
+    pub decrypt: Option<Decrypt>,
+}
+
+/// How to decrypt an [`ArchiveSource`].
+#[derive(Debug, Clone)]
+pub struct Decrypt {
+    /// What decrypts it.
+    pub identities: Arc<Identities>,
+    /// The backup's id.
+    pub id: String,
+    /// Its recipients' fingerprints, joined.
+    pub recipients: String,
+}
+
+/// The plaintext of an archive file: the file itself, or its decryption.
+pub(crate) trait Plain: Read + Seek + Send {}
+impl<T: Read + Seek + Send> Plain for T {}
+
+impl ArchiveSource {
+    /// A plaintext archive file.
+    pub fn plain(path: impl Into<PathBuf>) -> Self {
+        ArchiveSource {
+            path: path.into(),
+            decrypt: None,
+        }
+    }
+
+    /// Opens the plaintext for reading: an encrypted file's header is decrypted here,
+    /// so a wrong or missing identity fails before anything is read.
+    pub(crate) fn open(&self) -> Result<Box<dyn Plain>, ArchiveError> {
+        let file = File::open(&self.path).map_err(|e| ArchiveError::io("open", &self.path, e))?;
+        let Some(d) = &self.decrypt else {
+            return Ok(Box::new(file));
+        };
+        let fail = |reason: String| CryptError::Decrypt {
+            id: d.id.clone(),
+            recipients: d.recipients.clone(),
+            reason,
+        };
+        let decryptor = age::Decryptor::new(BufReader::with_capacity(1 << 20, file))
+            .map_err(|e| fail(e.to_string()))?;
+        let reader = decryptor
+            .decrypt(d.identities.iter())
+            .map_err(|e| fail(crate::crypt::ranged::decrypt_reason(&e, &d.identities)))?;
+        Ok(Box::new(reader))
+    }
+}
 
 pub(super) type Chunk = io::Result<(Vec<u8>, u64)>;
 pub(super) type Decoder = (
@@ -20,10 +77,13 @@ pub(super) type Decoder = (
 /// Decompresses `archive` on a thread; returns the receiving end and the join handle
 /// yielding (archive bytes, hex SHA-256). An archive that ends with a seek table
 /// (format 2) has its frames decompressed in parallel; any other is one zstd stream.
-pub(super) fn spawn_decoder(archive: &Path) -> Result<Decoder, ArchiveError> {
-    let file = File::open(archive).map_err(|e| ArchiveError::io("open", archive, e))?;
+pub(super) fn spawn_decoder(archive: &ArchiveSource) -> Result<Decoder, ArchiveError> {
+    let mut file = archive.open()?;
     let (tx, rx): (SyncSender<Chunk>, Receiver<Chunk>) = sync_channel(16);
-    if let Some(frames) = seek_table(&file) {
+    let frames = seek_table(&mut file);
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| ArchiveError::io("read", &archive.path, e))?;
+    if let Some(frames) = frames {
         let handle = thread::Builder::new()
             .name("tierkeep-decode".into())
             .spawn(move || parallel::decode(file, &frames, &tx))
@@ -83,14 +143,15 @@ const MAX_FRAME: u64 = 64 << 20;
 
 /// The frames listed by the seek table at the end of `file`, when there is one that
 /// accounts for the whole file with frames of a sane size.
-fn seek_table(file: &File) -> Option<Vec<(u64, u64)>> {
-    use std::os::unix::fs::FileExt;
-    let len = file.metadata().ok()?.len();
+fn seek_table(file: &mut dyn Plain) -> Option<Vec<(u64, u64)>> {
+    let len = file.seek(SeekFrom::End(0)).ok()?;
     let mut foot = [0u8; 9];
-    file.read_exact_at(&mut foot, len.checked_sub(9)?).ok()?;
+    file.seek(SeekFrom::Start(len.checked_sub(9)?)).ok()?;
+    file.read_exact(&mut foot).ok()?;
     let table = index::seek_table_bytes(&foot).filter(|&t| t <= len)?;
     let mut tail = vec![0u8; usize::try_from(table).ok()?];
-    file.read_exact_at(&mut tail, len - table).ok()?;
+    file.seek(SeekFrom::Start(len - table)).ok()?;
+    file.read_exact(&mut tail).ok()?;
     let frames = index::decode_seek_table(&tail).ok()?;
     let total: u64 = frames.iter().map(|f| f.0).sum::<u64>() + table;
     (total == len && frames.iter().all(|f| f.1 <= MAX_FRAME)).then_some(frames)
@@ -102,7 +163,6 @@ mod parallel {
     //! passes the results on in file order.
 
     use std::collections::BTreeMap;
-    use std::fs::File;
     use std::io::{self, Read};
     use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
     use std::sync::{Arc, Mutex};
@@ -116,7 +176,7 @@ mod parallel {
     type Done = (usize, io::Result<Vec<u8>>, u64);
 
     pub(super) fn decode(
-        file: File,
+        file: Box<dyn super::Plain>,
         frames: &[(u64, u64)],
         out: &SyncSender<Chunk>,
     ) -> io::Result<(u64, String)> {

@@ -68,6 +68,7 @@ use std::thread;
 use tar::EntryType;
 
 use self::checks::{Action, Tree, hostile, is_dot, shown_name};
+pub use self::decode::{ArchiveSource, Decrypt};
 use self::decode::{ChannelReader, check_result, spawn_decoder};
 use self::disk::{Disk, copy_data, read_meta};
 use super::{ArchiveError, StoppedAt};
@@ -124,7 +125,7 @@ pub fn keeps_setuid_bits(canonical_target: &Path, keep_setuid: bool) -> bool {
 /// of [`extract`], without writing anything: proves it restores. Returns (entries,
 /// archive bytes, SHA-256).
 pub fn check_archive(
-    archive: &Path,
+    archive: &ArchiveSource,
     expected: Option<&(u64, String)>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, u64, String), ArchiveError> {
@@ -138,7 +139,7 @@ pub fn check_archive(
 
 /// Lists a whole archive by reading its stream (format 1 has no index): each entry's
 /// name, kind, size, mtime, mode, owner and link target, the other index fields zero.
-pub fn list_archive(archive: &Path) -> Result<Vec<super::index::Entry>, ArchiveError> {
+pub fn list_archive(archive: &ArchiveSource) -> Result<Vec<super::index::Entry>, ArchiveError> {
     use super::index::{Entry, Kind, Name};
     let (rx, handle) = spawn_decoder(archive)?;
     let mut noop = |_| {};
@@ -181,7 +182,7 @@ pub fn list_archive(archive: &Path) -> Result<Vec<super::index::Entry>, ArchiveE
 
 /// Extracts `archive` into `opts.target`.
 pub fn extract(
-    archive: &Path,
+    archive: &ArchiveSource,
     opts: &ExtractOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ExtractSummary, ArchiveError> {

@@ -196,9 +196,14 @@ fn hard_links_outside_the_restored_path_are_skipped() {
 fn check_and_restore_agree(#[case] entries: &[Raw<'_>]) {
     let tmp = tempfile::tempdir().unwrap();
     let archive = write_archive(tmp.path(), &raw_tar(entries));
-    let checked = check_archive(&archive, None, &mut |_| {}).map(|_| ());
+    let checked = check_archive(&ArchiveSource::plain(&archive), None, &mut |_| {}).map(|_| ());
     let target = tmp.path().join("t");
-    let restored = extract(&archive, &options(&target), &mut |_| {}).map(|_| ());
+    let restored = extract(
+        &ArchiveSource::plain(&archive),
+        &options(&target),
+        &mut |_| {},
+    )
+    .map(|_| ());
     match (checked, restored) {
         (Ok(()), Ok(())) => {}
         (
@@ -231,7 +236,7 @@ fn a_file_cut_short_is_not_left_behind() {
     tar_bytes.truncate(1024 + 512 + 4096);
     let archive = write_archive(tmp.path(), &tar_bytes);
 
-    let err = check_archive(&archive, None, &mut |_| {}).unwrap_err();
+    let err = check_archive(&ArchiveSource::plain(&archive), None, &mut |_| {}).unwrap_err();
     assert!(
         matches!(&err, ArchiveError::Stopped { target: None, at: StoppedAt::Entry(e), cause }
             if e == "/srv/app/x"
@@ -240,7 +245,12 @@ fn a_file_cut_short_is_not_left_behind() {
     );
 
     let target = tmp.path().join("t");
-    let err = extract(&archive, &options(&target), &mut |_| {}).unwrap_err();
+    let err = extract(
+        &ArchiveSource::plain(&archive),
+        &options(&target),
+        &mut |_| {},
+    )
+    .unwrap_err();
     let text = err.to_string();
     assert!(
         text.starts_with(&format!(
@@ -263,7 +273,12 @@ fn a_damaged_header_is_placed_after_the_last_good_entry() {
     tar_bytes[1024 + 148] ^= 0x01; // the second header's checksum
     let archive = write_archive(tmp.path(), &tar_bytes);
     let target = tmp.path().join("t");
-    let err = extract(&archive, &options(&target), &mut |_| {}).unwrap_err();
+    let err = extract(
+        &ArchiveSource::plain(&archive),
+        &options(&target),
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(
         matches!(&err, ArchiveError::Stopped { at: StoppedAt::After(Some(e)), .. }
             if e == "/srv/app/done"),

@@ -30,8 +30,8 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use self::client::{describe, is_404, is_denied, status_of};
 use self::lock::Version;
 use super::{
-    ARCHIVE_NAME, BackupKey, Listed, ListedState, MANIFEST_NAME, ProgressFn, Retry, StoreError,
-    ZoneStore,
+    ARCHIVE_NAME, BackupKey, ENCRYPTED_ARCHIVE_NAME, Listed, ListedState, MANIFEST_NAME,
+    ProgressFn, Retry, StoreError, ZoneStore,
 };
 use crate::archive::Manifest;
 use crate::domain::{BackupId, validate_host_id};
@@ -241,10 +241,11 @@ impl ZoneStore for S3Store {
     async fn put_archive(
         &self,
         key: &BackupKey,
+        name: &str,
         src: &Path,
         progress: ProgressFn,
     ) -> Result<(), StoreError> {
-        let object = self.object(key, ARCHIVE_NAME);
+        let object = self.object(key, name);
         let size = std::fs::metadata(src)
             .map_err(|e| StoreError::Io {
                 zone: self.url.clone(),
@@ -283,7 +284,7 @@ impl ZoneStore for S3Store {
             host: manifest.host_id.clone(),
             id: manifest.id.clone(),
         };
-        let archive = self.object(&key, ARCHIVE_NAME);
+        let archive = self.object(&key, manifest.archive_name());
         let size = self.head_size(&archive, &key).await?;
         if size != manifest.archive_bytes {
             return Err(StoreError::Remote {
@@ -319,27 +320,41 @@ impl ZoneStore for S3Store {
         Ok(())
     }
 
-    fn local_archive(&self, _key: &BackupKey) -> Option<PathBuf> {
+    fn local_archive(&self, _key: &BackupKey, _name: &str) -> Option<PathBuf> {
         None
+    }
+
+    async fn put_archive_stream(
+        &self,
+        key: &BackupKey,
+        name: &str,
+        src: Box<dyn std::io::Read + Send>,
+        size_hint: u64,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        let object = self.object(key, name);
+        self.put_stream(&object, src, size_hint, progress).await
     }
 
     async fn read_range(
         &self,
         key: &BackupKey,
+        name: &str,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, StoreError> {
-        let object = self.object(key, ARCHIVE_NAME);
+        let object = self.object(key, name);
         self.get_range(&object, key, offset, len).await
     }
 
     async fn fetch_archive(
         &self,
         key: &BackupKey,
+        name: &str,
         dest: &Path,
         progress: ProgressFn,
     ) -> Result<(), StoreError> {
-        let object = self.object(key, ARCHIVE_NAME);
+        let object = self.object(key, name);
         let size = self.head_size(&object, key).await?;
         let io = |op, e| StoreError::Io {
             zone: self.url.clone(),
@@ -378,7 +393,7 @@ impl ZoneStore for S3Store {
         // delete markers and leave the data behind); the two current objects elsewhere.
         let mut versions = match self.list_versions(&folder).await? {
             Some(v) => v,
-            None => [MANIFEST_NAME, ARCHIVE_NAME]
+            None => [MANIFEST_NAME, ARCHIVE_NAME, ENCRYPTED_ARCHIVE_NAME]
                 .into_iter()
                 .map(|name| Version {
                     object: self.object(key, name),
@@ -508,7 +523,9 @@ impl ZoneStore for S3Store {
                 self.url
             )));
         }
-        self.delete_object(&self.object(key, ARCHIVE_NAME)).await?;
+        for name in [ARCHIVE_NAME, ENCRYPTED_ARCHIVE_NAME] {
+            self.delete_object(&self.object(key, name)).await?;
+        }
         self.abort_uploads(key).await
     }
 }

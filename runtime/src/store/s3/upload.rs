@@ -2,6 +2,7 @@
 //! and the upload journal that notes each one in flight so that an upload a crash or an
 //! outage left behind is aborted later.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -151,13 +152,8 @@ impl S3Store {
         Ok(())
     }
 
-    pub(super) async fn put_multipart(
-        &self,
-        object: &str,
-        src: &Path,
-        size: u64,
-        progress: ProgressFn,
-    ) -> Result<(), StoreError> {
+    /// Starts a multipart upload of `object`, noted in the journal.
+    async fn start_upload(&self, object: &str) -> Result<String, StoreError> {
         let created = self
             .client
             .create_multipart_upload()
@@ -168,6 +164,89 @@ impl S3Store {
             .map_err(|e| self.err("start upload", object, e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
         self.journal_start(object, &upload_id);
+        Ok(upload_id)
+    }
+
+    /// Uploads part `n` (from 0) of an upload.
+    async fn upload_part(
+        &self,
+        object: &str,
+        upload_id: &str,
+        n: u64,
+        body: ByteStream,
+        len: u64,
+        progress: &ProgressFn,
+    ) -> Result<CompletedPart, StoreError> {
+        let number = i32::try_from(n + 1).unwrap_or(i32::MAX);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.err("upload part", object, e))?;
+        progress(len);
+        crate::faults::checkpoint("s3.part_uploaded")
+            .await
+            .map_err(|e| StoreError::Unsupported(e.to_string()))?;
+        Ok(CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag().map(str::to_owned))
+            .build())
+    }
+
+    /// Completes an upload with the parts `uploaded`, or aborts it when they failed.
+    async fn finish_upload(
+        &self,
+        object: &str,
+        upload_id: &str,
+        uploaded: Result<Vec<CompletedPart>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut done = match uploaded {
+            Ok(done) => done,
+            Err(e) => {
+                if let Err(abort) = self.abort(object, upload_id).await {
+                    tracing::warn!(
+                        zone = %self.url,
+                        object,
+                        "could not abort the failed multipart upload ({abort}); the next \
+                         recovery aborts it"
+                    );
+                }
+                return Err(e);
+            }
+        };
+        done.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(object)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("complete upload", object, e))?;
+        self.journal_end(upload_id);
+        Ok(())
+    }
+
+    pub(super) async fn put_multipart(
+        &self,
+        object: &str,
+        src: &Path,
+        size: u64,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        let upload_id = self.start_upload(object).await?;
         let part_size = PART_SIZE.max(size.div_ceil(9_000));
         let parts = size.div_ceil(part_size);
         // At most CONCURRENCY parts in flight; the first failure drops (cancels) the
@@ -191,62 +270,96 @@ impl S3Store {
                             path: src.to_path_buf(),
                             cause: std::io::Error::other(e.to_string()),
                         })?;
-                    let out = self
-                        .client
-                        .upload_part()
-                        .bucket(&self.bucket)
-                        .key(object)
-                        .upload_id(upload_id)
-                        .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
-                        .content_length(i64::try_from(len).unwrap_or(i64::MAX))
-                        .body(body)
-                        .send()
+                    self.upload_part(object, upload_id, n, body, len, progress)
                         .await
-                        .map_err(|e| self.err("upload part", object, e))?;
-                    progress(len);
-                    crate::faults::checkpoint("s3.part_uploaded")
-                        .await
-                        .map_err(|e| StoreError::Unsupported(e.to_string()))?;
-                    Ok::<_, StoreError>(
-                        CompletedPart::builder()
-                            .part_number(i32::try_from(n + 1).unwrap_or(i32::MAX))
-                            .set_e_tag(out.e_tag().map(str::to_owned))
-                            .build(),
-                    )
                 }
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await;
-        let mut done = match uploaded {
-            Ok(done) => done,
-            Err(e) => {
-                if let Err(abort) = self.abort(object, &upload_id).await {
-                    tracing::warn!(
-                        zone = %self.url,
-                        object,
-                        "could not abort the failed multipart upload ({abort}); the next \
-                         recovery aborts it"
-                    );
+        self.finish_upload(object, &upload_id, uploaded).await
+    }
+
+    /// Uploads what `src` yields as `object`: one PUT when it is small, else a multipart
+    /// upload whose parts are read from `src` one after the other while up to
+    /// CONCURRENCY of them are in flight (no local copy, at most about CONCURRENCY + 2
+    /// parts in memory).
+    pub(super) async fn put_stream(
+        &self,
+        object: &str,
+        src: Box<dyn Read + Send>,
+        size_hint: u64,
+        progress: ProgressFn,
+    ) -> Result<(), StoreError> {
+        // Room for 10,000 parts of a stream somewhat larger than announced.
+        let part_size = PART_SIZE.max((size_hint + size_hint / 4).div_ceil(9_000));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut src = src;
+            loop {
+                let mut part = Vec::with_capacity(usize::try_from(part_size).unwrap_or(0));
+                let read = (&mut src).take(part_size).read_to_end(&mut part);
+                let last = !matches!(read, Ok(n) if n as u64 == part_size);
+                if tx.blocking_send(read.map(|_| part)).is_err() || last {
+                    return;
                 }
-                return Err(e);
             }
+        });
+        let read_err = |e: std::io::Error| StoreError::Io {
+            zone: self.url.clone(),
+            op: "read",
+            path: PathBuf::from(object),
+            cause: e,
         };
-        done.sort_by_key(|p| p.part_number());
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(object)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(done))
-                    .build(),
-            )
-            .send()
+        let first = rx
+            .recv()
             .await
-            .map_err(|e| self.err("complete upload", object, e))?;
-        self.journal_end(&upload_id);
-        Ok(())
+            .unwrap_or_else(|| Ok(Vec::new()))
+            .map_err(read_err)?;
+        if (first.len() as u64) < part_size {
+            let len = first.len() as u64;
+            let _ = producer.await;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(object)
+                .content_length(i64::try_from(len).unwrap_or(i64::MAX))
+                .body(ByteStream::from(first))
+                .send()
+                .await
+                .map_err(|e| self.err("put", object, e))?;
+            progress(len);
+            return Ok(());
+        }
+        let upload_id = self.start_upload(object).await?;
+        let rest = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
+        let uploaded: Result<Vec<CompletedPart>, StoreError> = stream::once(async { Ok(first) })
+            .chain(rest)
+            // A last read that found nothing more is not a part.
+            .filter(|p| std::future::ready(!matches!(p, Ok(b) if b.is_empty())))
+            .enumerate()
+            .map(|(n, part)| {
+                let progress = &progress;
+                let upload_id = &upload_id;
+                async move {
+                    let part = part.map_err(read_err)?;
+                    let len = part.len() as u64;
+                    self.upload_part(
+                        object,
+                        upload_id,
+                        n as u64,
+                        ByteStream::from(part),
+                        len,
+                        progress,
+                    )
+                    .await
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await;
+        // Dropping the receiver stops the producer at its next part.
+        let _ = producer.await;
+        self.finish_upload(object, &upload_id, uploaded).await
     }
 }
