@@ -588,36 +588,25 @@ impl S3 {
 
     /// The bytes of an object (its current version).
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
-        let client = self.client();
-        self.block_on(async {
-            let out = client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .expect("get object");
-            out.body
-                .collect()
-                .await
-                .expect("body")
-                .into_bytes()
-                .to_vec()
-        })
+        self.get_object(bucket, key, None)
     }
 
     /// The bytes of one version of an object.
     pub fn get_version(&self, bucket: &str, key: &str, version: &str) -> Vec<u8> {
+        self.get_object(bucket, key, Some(version))
+    }
+
+    fn get_object(&self, bucket: &str, key: &str, version: Option<&str>) -> Vec<u8> {
         let client = self.client();
         self.block_on(async {
             let out = client
                 .get_object()
                 .bucket(bucket)
                 .key(key)
-                .version_id(version)
+                .set_version_id(version.map(str::to_owned))
                 .send()
                 .await
-                .expect("get object version");
+                .expect("get object");
             out.body
                 .collect()
                 .await

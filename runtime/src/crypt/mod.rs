@@ -17,7 +17,7 @@ pub mod ranged;
 pub mod stream;
 
 use std::fmt;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use age::secrecy::SecretString;
@@ -334,10 +334,6 @@ impl Identities {
     pub fn load(source: &IdentitySource) -> Result<Option<Identities>, CryptError> {
         let mut list: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
         let mut from = Vec::new();
-        if let Some(path) = &source.file {
-            list.extend(load_identity_file(path)?);
-            from.push(format!("identity file {}", path.display()));
-        }
         let passphrase = match (&source.passphrase, &source.passphrase_file) {
             (Some(p), _) => {
                 from.push("TIERKEEP_PASSPHRASE".to_owned());
@@ -349,6 +345,10 @@ impl Identities {
             }
             (None, None) => None,
         };
+        if let Some(path) = &source.file {
+            list.extend(load_identity_file(path, passphrase.as_ref())?);
+            from.insert(0, format!("identity file {}", path.display()));
+        }
         if let Some(p) = passphrase {
             list.push(Box::new(age::scrypt::Identity::new(p)));
         }
@@ -367,16 +367,53 @@ impl Identities {
     }
 }
 
-/// Parses an identity file: age identities (`AGE-SECRET-KEY-1…` lines, `#` comments), or
-/// one unencrypted SSH private key (ed25519 or RSA). Never prints a line of it.
+/// Parses an identity file: age identities (`AGE-SECRET-KEY-1…` lines, `#` comments),
+/// one unencrypted SSH private key (ed25519 or RSA), or such a file encrypted with a
+/// passphrase (`age -p`: a break-glass key kept offline), unlocked with `passphrase`.
+/// Never prints a line of it.
 fn load_identity_file(
     path: &Path,
+    passphrase: Option<&SecretString>,
 ) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, CryptError> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path)
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path)
         .map_err(|e| CryptError::Identity(format!("identity file {shown}: {e}")))?;
+    if bytes.starts_with(b"age-encryption.org/") {
+        let Some(passphrase) = passphrase else {
+            return Err(CryptError::Identity(format!(
+                "identity file {shown} is encrypted with a passphrase: give the passphrase \
+                 in TIERKEEP_PASSPHRASE (or decrypt the file first with `age -d`)"
+            )));
+        };
+        let unlock = age::scrypt::Identity::new(passphrase.clone());
+        let mut text = String::new();
+        age::Decryptor::new(&bytes[..])
+            .and_then(|d| d.decrypt(std::iter::once(&unlock as &dyn age::Identity)))
+            .map_err(|e| {
+                CryptError::Identity(format!(
+                    "identity file {shown} is encrypted with a passphrase, and the one given \
+                     does not unlock it ({e})"
+                ))
+            })?
+            .read_to_string(&mut text)
+            .map_err(|e| CryptError::Identity(format!("identity file {shown}: {e}")))?;
+        return parse_identities(&text, &shown);
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        CryptError::Identity(format!(
+            "identity file {shown}: not text (an age identity file or an SSH private key)"
+        ))
+    })?;
+    parse_identities(&text, &shown)
+}
+
+/// Parses the text of an identity file (see [`load_identity_file`]).
+fn parse_identities(
+    text: &str,
+    shown: &str,
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, CryptError> {
     if text.trim_start().starts_with("-----BEGIN") {
-        let key = age::ssh::Identity::from_buffer(text.as_bytes(), Some(shown.to_string()))
+        let key = age::ssh::Identity::from_buffer(text.as_bytes(), Some(shown.to_owned()))
             .map_err(|e| {
                 CryptError::Identity(format!(
                     "identity file {shown}: not a usable SSH private key ({e})"
@@ -392,13 +429,6 @@ fn load_identity_file(
                 "identity file {shown}: an SSH key of a type age cannot decrypt with (use ed25519 or RSA)"
             ))),
         };
-    }
-    if text.starts_with("age-encryption.org/") {
-        return Err(CryptError::Identity(format!(
-            "identity file {shown}: an identity file encrypted with a passphrase; decrypt it \
-             first (`age -d {shown} > /dev/shm/key`) and pass that, or read the backup with \
-             `age -d -i {shown}`"
-        )));
     }
     let mut list: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
     for (n, line) in text.lines().enumerate() {

@@ -7,7 +7,9 @@
 //! at `payload + chunk × (64 KiB + 16)`.
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
@@ -60,23 +62,11 @@ pub fn sealed_range(header: u64, size: u64, offset: u64, len: u64) -> (u64, u64)
     (start, end - start)
 }
 
-/// A writer into a buffer the reading side drains.
-#[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
+/// Plaintext and ciphertext move between the stages in blocks of this size.
+const BLOCK: usize = 1 << 20;
 
-impl Write for Shared {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+/// Blocks waiting between two stages (so about 2 × 4 MiB in memory).
+const QUEUE: usize = 4;
 
 /// What an [`Encrypting`] reader saw once it reached the end: the plaintext's size and
 /// SHA-256, and the ciphertext's.
@@ -92,115 +82,205 @@ pub struct Sealed {
     pub sealed_sha256: String,
 }
 
-/// Reads a plaintext from `src` and yields its age encryption, hashing both sides.
-pub struct Encrypting<R> {
-    src: R,
-    writer: Option<age::stream::StreamWriter<Shared>>,
-    out: Shared,
-    taken: usize,
-    plain: Sha256,
-    plain_bytes: u64,
-    sealed: Sha256,
-    sealed_bytes: u64,
+type Block = io::Result<Vec<u8>>;
+
+/// A writer that hands the ciphertext on in blocks, hashing it.
+struct BlockSender {
+    tx: SyncSender<Block>,
     buf: Vec<u8>,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl BlockSender {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK));
+        self.hash.update(&block);
+        self.bytes += block.len() as u64;
+        self.tx
+            .send(Ok(block))
+            .map_err(|_| io::Error::other("the encrypted upload stopped"))
+    }
+}
+
+impl Write for BlockSender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        if self.buf.len() >= BLOCK {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a plaintext and yields its age encryption, hashing both sides, in a pipeline
+/// of three stages so that the writing side (a disk, an upload) only copies: a thread
+/// reads the plaintext and hashes it, a thread encrypts it and hashes the ciphertext,
+/// and the reader hands the ciphertext out.
+pub struct Encrypting {
+    rx: Receiver<Block>,
+    block: Vec<u8>,
+    at: usize,
+    yielded: u64,
+    plain: Option<JoinHandle<io::Result<(u64, String)>>>,
+    encrypt: Option<JoinHandle<Option<(u64, String)>>>,
     done: Arc<OnceLock<Sealed>>,
 }
 
-impl<R> std::fmt::Debug for Encrypting<R> {
+impl std::fmt::Debug for Encrypting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Encrypting")
-            .field("plain_bytes", &self.plain_bytes)
-            .field("sealed_bytes", &self.sealed_bytes)
+            .field("yielded", &self.yielded)
             .finish_non_exhaustive()
     }
 }
 
-impl<R: Read> Encrypting<R> {
+/// Reads `src` in blocks, hashing them, and sends them on: (bytes, hex SHA-256).
+fn read_plain(mut src: impl Read, tx: &SyncSender<Block>) -> io::Result<(u64, String)> {
+    let mut hash = Sha256::new();
+    let mut bytes = 0u64;
+    loop {
+        let mut block = vec![0u8; BLOCK];
+        let mut filled = 0;
+        while filled < BLOCK {
+            match src.read(&mut block[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
+            }
+        }
+        if filled == 0 {
+            return Ok((bytes, hex::encode(hash.finalize())));
+        }
+        block.truncate(filled);
+        hash.update(&block);
+        bytes += filled as u64;
+        if tx.send(Ok(block)).is_err() {
+            return Err(io::Error::other("the encrypted upload stopped"));
+        }
+    }
+}
+
+/// Encrypts the blocks of `rx` into `writer`, then finishes the age stream: the
+/// ciphertext's (bytes, hex SHA-256).
+fn encrypt_blocks(
+    rx: &Receiver<Block>,
+    mut writer: age::stream::StreamWriter<BlockSender>,
+) -> io::Result<(u64, String)> {
+    for block in rx {
+        writer.write_all(&block?)?;
+    }
+    let mut sender = writer.finish()?;
+    sender.send()?;
+    Ok((sender.bytes, hex::encode(sender.hash.finalize())))
+}
+
+impl Encrypting {
     /// Starts encrypting `src` to `recipients` (a new file key). The returned cell is set
     /// when the reader reaches the end of the ciphertext.
     pub fn new(
-        src: R,
+        src: impl Read + Send + 'static,
         recipients: &Recipients,
     ) -> Result<(Self, Arc<OnceLock<Sealed>>), CryptError> {
-        let out = Shared::default();
+        let (plain_tx, plain_rx) = sync_channel::<Block>(QUEUE);
+        let (sealed_tx, sealed_rx) = sync_channel::<Block>(QUEUE);
         let writer = recipients
             .encryptor()?
-            .wrap_output(out.clone())
+            .wrap_output(BlockSender {
+                tx: sealed_tx.clone(),
+                buf: Vec::with_capacity(BLOCK),
+                hash: Sha256::new(),
+                bytes: 0,
+            })
+            .map_err(|e| CryptError::Encrypt(e.to_string()))?;
+        let spawn = |name: &str| std::thread::Builder::new().name(name.to_owned());
+        let plain = spawn("tierkeep-read-plain")
+            .spawn(move || read_plain(src, &plain_tx))
+            .map_err(|e| CryptError::Encrypt(e.to_string()))?;
+        let encrypt = spawn("tierkeep-encrypt")
+            .spawn(move || match encrypt_blocks(&plain_rx, writer) {
+                Ok(sealed) => Some(sealed),
+                Err(e) => {
+                    let _ = sealed_tx.send(Err(e));
+                    None
+                }
+            })
             .map_err(|e| CryptError::Encrypt(e.to_string()))?;
         let done = Arc::new(OnceLock::new());
         Ok((
             Encrypting {
-                src,
-                writer: Some(writer),
-                out,
-                taken: 0,
-                plain: Sha256::new(),
-                plain_bytes: 0,
-                sealed: Sha256::new(),
-                sealed_bytes: 0,
-                buf: vec![0u8; 1 << 20],
+                rx: sealed_rx,
+                block: Vec::new(),
+                at: 0,
+                yielded: 0,
+                plain: Some(plain),
+                encrypt: Some(encrypt),
                 done: Arc::clone(&done),
             },
             done,
         ))
     }
 
-    /// Encrypts the next piece of plaintext (or finishes the stream) into `out`.
-    fn fill(&mut self) -> io::Result<()> {
-        let Some(writer) = self.writer.as_mut() else {
+    /// The end of the ciphertext: the stages' results, and the totals recorded.
+    fn finish(&mut self) -> io::Result<()> {
+        let Some(h) = self.encrypt.take() else {
             return Ok(());
         };
-        let n = loop {
-            match self.src.read(&mut self.buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        };
-        if n == 0 {
-            if let Some(writer) = self.writer.take() {
-                writer.finish()?;
-            }
-            return Ok(());
+        let (sealed_bytes, sealed_sha256) = h
+            .join()
+            .map_err(|_| io::Error::other("the encrypting thread panicked"))?
+            .ok_or_else(|| io::Error::other("encrypting failed"))?;
+        if sealed_bytes != self.yielded {
+            return Err(io::Error::other(format!(
+                "{sealed_bytes} bytes were encrypted and {} handed out",
+                self.yielded
+            )));
         }
-        self.plain.update(&self.buf[..n]);
-        self.plain_bytes += n as u64;
-        writer.write_all(&self.buf[..n])
+        let Some(h) = self.plain.take() else {
+            return Ok(());
+        };
+        let (plain_bytes, plain_sha256) = h
+            .join()
+            .map_err(|_| io::Error::other("the reading thread panicked"))??;
+        let _ = self.done.set(Sealed {
+            plain_bytes,
+            plain_sha256,
+            sealed_bytes,
+            sealed_sha256,
+        });
+        Ok(())
     }
 }
 
-impl<R: Read> Read for Encrypting<R> {
+impl Read for Encrypting {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            {
-                let mut out = self
-                    .out
-                    .0
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if self.taken < out.len() {
-                    let n = buf.len().min(out.len() - self.taken);
-                    buf[..n].copy_from_slice(&out[self.taken..self.taken + n]);
-                    self.sealed.update(&buf[..n]);
-                    self.sealed_bytes += n as u64;
-                    self.taken += n;
-                    if self.taken == out.len() {
-                        out.clear();
-                        self.taken = 0;
-                    }
-                    return Ok(n);
+        while self.at == self.block.len() {
+            match self.rx.recv() {
+                Ok(block) => {
+                    self.block = block?;
+                    self.at = 0;
+                }
+                Err(_) => {
+                    self.finish()?;
+                    return Ok(0);
                 }
             }
-            if self.writer.is_none() {
-                let _ = self.done.set(Sealed {
-                    plain_bytes: self.plain_bytes,
-                    plain_sha256: hex::encode(self.plain.clone().finalize()),
-                    sealed_bytes: self.sealed_bytes,
-                    sealed_sha256: hex::encode(self.sealed.clone().finalize()),
-                });
-                return Ok(0);
-            }
-            self.fill()?;
         }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.yielded += n as u64;
+        self.at += n;
+        Ok(n)
     }
 }

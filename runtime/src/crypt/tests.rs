@@ -30,7 +30,8 @@ fn identities_for(id: &age::x25519::Identity) -> (tempfile::TempDir, Identities)
 }
 
 fn seal(plain: &[u8], recipients: &Recipients) -> (Vec<u8>, stream::Sealed) {
-    let (mut enc, done) = Encrypting::new(plain, recipients).expect("encryptor");
+    let (mut enc, done) =
+        Encrypting::new(std::io::Cursor::new(plain.to_vec()), recipients).expect("encryptor");
     let mut out = Vec::new();
     enc.read_to_end(&mut out).expect("encrypt");
     (out, done.get().expect("finished").clone())
@@ -178,4 +179,49 @@ fn header_len_needs_the_whole_header() {
     assert!(sealed[..h].ends_with(b"\n"));
     assert!(header_len(&sealed[..h - 1]).is_none());
     assert!(header_len(b"\x28\xb5\x2f\xfd not age").is_none());
+}
+
+#[test]
+fn a_passphrase_protected_identity_file_is_the_break_glass_key() {
+    let (id, public) = key();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `age -p identity.txt > identity.txt.age`, with a cheap work factor for the test.
+    let mut lock = age::scrypt::Recipient::new(SecretString::from("open sesame".to_owned()));
+    lock.set_work_factor(10);
+    let mut sealed_key = Vec::new();
+    let mut w = age::Encryptor::with_recipients(std::iter::once(&lock as &dyn age::Recipient))
+        .expect("encryptor")
+        .wrap_output(&mut sealed_key)
+        .expect("wrap");
+    std::io::Write::write_all(
+        &mut w,
+        format!("{}\n", id.to_string().expose_secret()).as_bytes(),
+    )
+    .expect("write");
+    w.finish().expect("finish");
+    let path = dir.path().join("identity.txt.age");
+    std::fs::write(&path, &sealed_key).expect("write");
+
+    let source = |pass: Option<&str>| IdentitySource {
+        file: Some(path.clone()),
+        passphrase: pass.map(str::to_owned),
+        ..IdentitySource::default()
+    };
+    let err = Identities::load(&source(None)).expect_err("needs the passphrase");
+    assert!(err.to_string().contains("TIERKEEP_PASSPHRASE"), "{err}");
+    let err = Identities::load(&source(Some("wrong"))).expect_err("a wrong passphrase");
+    assert!(err.to_string().contains("does not unlock"), "{err}");
+    let ids = Identities::load(&source(Some("open sesame")))
+        .expect("unlocked")
+        .expect("some");
+    let recipients = Recipients::parse(&[public], None, None).expect("recipients");
+    let (sealed, _) = seal(b"the data", &recipients);
+    let mut back = Vec::new();
+    age::Decryptor::new(&sealed[..])
+        .expect("header")
+        .decrypt(ids.iter())
+        .expect("decrypts")
+        .read_to_end(&mut back)
+        .expect("read");
+    assert_eq!(back, b"the data");
 }
