@@ -84,12 +84,47 @@ pub struct Sealed {
 
 type Block = io::Result<Vec<u8>>;
 
+/// Buffers handed back by the stage that consumed them, so that a stage reuses warm
+/// memory instead of faulting in a fresh megabyte for every block.
+struct Recycled {
+    rx: Receiver<Vec<u8>>,
+}
+
+/// The returning side of a [`Recycled`] pool.
+#[derive(Clone)]
+struct Giver(SyncSender<Vec<u8>>);
+
+impl Giver {
+    fn give(&self, v: Vec<u8>) {
+        let _ = self.0.try_send(v);
+    }
+}
+
+fn recycled() -> (Giver, Recycled) {
+    let (tx, rx) = sync_channel(QUEUE + 2);
+    (Giver(tx), Recycled { rx })
+}
+
+impl Recycled {
+    /// A buffer handed back, or a new one of `capacity`.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        self.rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(capacity))
+    }
+}
+
+/// Room in a ciphertext block: a block is sent once it holds [`BLOCK`] bytes, and age
+/// writes a sealed chunk at a time.
+const SEALED_BLOCK: usize = BLOCK + 2 * SEALED_CHUNK as usize;
+
 /// A writer that hands the ciphertext on in blocks, hashing it.
 struct BlockSender {
     tx: SyncSender<Block>,
     buf: Vec<u8>,
     hash: Sha256,
     bytes: u64,
+    free: Recycled,
 }
 
 impl BlockSender {
@@ -97,7 +132,9 @@ impl BlockSender {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK));
+        let mut next = self.free.take(SEALED_BLOCK);
+        next.clear();
+        let block = std::mem::replace(&mut self.buf, next);
         self.hash.update(&block);
         self.bytes += block.len() as u64;
         self.tx
@@ -126,6 +163,7 @@ impl Write for BlockSender {
 /// and the reader hands the ciphertext out.
 pub struct Encrypting {
     rx: Receiver<Block>,
+    give: Giver,
     block: Vec<u8>,
     at: usize,
     yielded: u64,
@@ -143,11 +181,16 @@ impl std::fmt::Debug for Encrypting {
 }
 
 /// Reads `src` in blocks, hashing them, and sends them on: (bytes, hex SHA-256).
-fn read_plain(mut src: impl Read, tx: &SyncSender<Block>) -> io::Result<(u64, String)> {
+fn read_plain(
+    mut src: impl Read,
+    tx: &SyncSender<Block>,
+    free: &Recycled,
+) -> io::Result<(u64, String)> {
     let mut hash = Sha256::new();
     let mut bytes = 0u64;
     loop {
-        let mut block = vec![0u8; BLOCK];
+        let mut block = free.take(BLOCK);
+        block.resize(BLOCK, 0);
         let mut filled = 0;
         while filled < BLOCK {
             match src.read(&mut block[filled..]) {
@@ -177,9 +220,12 @@ fn read_plain(mut src: impl Read, tx: &SyncSender<Block>) -> io::Result<(u64, St
 fn encrypt_blocks(
     rx: &Receiver<Block>,
     mut writer: age::stream::StreamWriter<BlockSender>,
+    give: &Giver,
 ) -> io::Result<(u64, String)> {
     for block in rx {
-        writer.write_all(&block?)?;
+        let block = block?;
+        writer.write_all(&block)?;
+        give.give(block);
     }
     let mut sender = writer.finish()?;
     sender.send()?;
@@ -195,32 +241,38 @@ impl Encrypting {
     ) -> Result<(Self, Arc<OnceLock<Sealed>>), CryptError> {
         let (plain_tx, plain_rx) = sync_channel::<Block>(QUEUE);
         let (sealed_tx, sealed_rx) = sync_channel::<Block>(QUEUE);
+        let (plain_give, plain_free) = recycled();
+        let (sealed_give, sealed_free) = recycled();
         let writer = recipients
             .encryptor()?
             .wrap_output(BlockSender {
                 tx: sealed_tx.clone(),
-                buf: Vec::with_capacity(BLOCK),
+                buf: Vec::with_capacity(SEALED_BLOCK),
                 hash: Sha256::new(),
                 bytes: 0,
+                free: sealed_free,
             })
             .map_err(|e| CryptError::Encrypt(e.to_string()))?;
         let spawn = |name: &str| std::thread::Builder::new().name(name.to_owned());
         let plain = spawn("tierkeep-read-plain")
-            .spawn(move || read_plain(src, &plain_tx))
+            .spawn(move || read_plain(src, &plain_tx, &plain_free))
             .map_err(|e| CryptError::Encrypt(e.to_string()))?;
         let encrypt = spawn("tierkeep-encrypt")
-            .spawn(move || match encrypt_blocks(&plain_rx, writer) {
-                Ok(sealed) => Some(sealed),
-                Err(e) => {
-                    let _ = sealed_tx.send(Err(e));
-                    None
-                }
-            })
+            .spawn(
+                move || match encrypt_blocks(&plain_rx, writer, &plain_give) {
+                    Ok(sealed) => Some(sealed),
+                    Err(e) => {
+                        let _ = sealed_tx.send(Err(e));
+                        None
+                    }
+                },
+            )
             .map_err(|e| CryptError::Encrypt(e.to_string()))?;
         let done = Arc::new(OnceLock::new());
         Ok((
             Encrypting {
                 rx: sealed_rx,
+                give: sealed_give,
                 block: Vec::new(),
                 at: 0,
                 yielded: 0,
@@ -268,7 +320,8 @@ impl Read for Encrypting {
         while self.at == self.block.len() {
             match self.rx.recv() {
                 Ok(block) => {
-                    self.block = block?;
+                    let used = std::mem::replace(&mut self.block, block?);
+                    self.give.give(used);
                     self.at = 0;
                 }
                 Err(_) => {
