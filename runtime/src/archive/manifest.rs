@@ -124,8 +124,10 @@ impl Manifest {
                 m.format
             ));
         }
-        if m.format >= 2 && m.index.is_none() {
-            return Err(format!("a format {} manifest without its index", m.format));
+        // Format 3 may wrap a format 1 archive (an older backup aged into an encrypted
+        // zone), which has no index.
+        if m.format == 2 && m.index.is_none() {
+            return Err("a format 2 manifest without its index".into());
         }
         match (&m.encryption, m.format == MANIFEST_FORMAT_ENCRYPTED) {
             (None, true) => return Err("a format 3 manifest without its encryption".into()),

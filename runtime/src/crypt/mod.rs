@@ -211,11 +211,14 @@ impl Recipients {
                 }
                 Err(reason) => {
                     // Never any of a secret key pasted by mistake.
-                    let shown: String = if line.trim().starts_with("AGE-SECRET-KEY-") {
-                        "AGE-SECRET-KEY-".into()
-                    } else {
-                        line.chars().take(24).collect()
-                    };
+                    // Only a public key's prefix: a line that is not one may be a
+                    // secret (a private key file, a passphrase) and is never echoed.
+                    let shown: String =
+                        if line.trim().starts_with("age1") || line.trim().starts_with("ssh-") {
+                            line.chars().take(16).collect()
+                        } else {
+                            "…".into()
+                        };
                     problems.push(format!("{origin} (`{shown}…`): {reason}"));
                 }
             }
