@@ -60,6 +60,13 @@ fn s3_host(encryption: &str) -> (Host, String, String) {
     let server = s3::shared();
     let deletion = server.bucket("tk-enc-del");
     let reserved = server.bucket("tk-enc-res");
+    let host = s3_host_on(&deletion, &reserved, encryption);
+    (host, deletion, reserved)
+}
+
+/// A host (with its own data directory) on existing buckets.
+fn s3_host_on(deletion: &str, reserved: &str, encryption: &str) -> Host {
+    let server = s3::shared();
     let mut host = Host::new(&format!(
         "{}[zones.black_box]\nmax_backups = 1\n\
          [zones.deletion]\nurl = \"s3://{deletion}/zone\"\nmax_backups = 10\n\
@@ -68,7 +75,7 @@ fn s3_host(encryption: &str) -> (Host, String, String) {
         server.config_section(),
     ));
     host.env = server.env();
-    (host, deletion, reserved)
+    host
 }
 
 fn object(bucket: &str, key: &str) -> Vec<u8> {
@@ -382,18 +389,7 @@ fn no_bucket_object_is_plaintext_and_a_new_data_directory_recovers_with_the_iden
     }
 
     // Disaster recovery: a new data directory, the same buckets, the identity.
-    let (mut fresh, _, _) = {
-        let server = s3::shared();
-        let mut h = Host::new(&format!(
-            "{}[zones.black_box]\nmax_backups = 1\n\
-             [zones.deletion]\nurl = \"s3://{deletion}/zone\"\nmax_backups = 10\n\
-             [zones.reserved]\nurl = \"s3://{reserved}\"\nmax_backups = 10\n\
-             [encryption]\n{encryption}\n",
-            server.config_section(),
-        ));
-        h.env = server.env();
-        (h, (), ())
-    };
+    let mut fresh = s3_host_on(&deletion, &reserved, &encryption);
     fresh.ok(&["catalog", "rebuild"]);
     let mut found: Vec<String> = fresh.list(None).iter().map(id).collect();
     found.sort();
@@ -505,4 +501,64 @@ fn an_encrypted_black_box_needs_the_identity_to_restore_and_skips_reuse() {
             .is_file()
     );
     host.restore_and_compare(&id(&a));
+}
+
+#[test]
+fn a_format_1_backup_aged_into_an_encrypted_zone_stays_readable() {
+    let keys = tempfile::tempdir().expect("keys");
+    let (key, public) = age_key(keys.path(), "key.txt");
+    let mut host = Host::new(&format!("[encryption]\nrecipients = [\"{public}\"]\n"));
+    make_tree(&host.src());
+    // A format 1 archive (one zstd stream, no index), as earlier versions wrote, old
+    // enough to age at the next tick.
+    let archive = host.root().join("v1.tar.zst");
+    let src = host.src();
+    let rel = src.strip_prefix("/").expect("absolute");
+    tool(Command::new("bash").arg("-c").arg(format!(
+        "set -o pipefail; tar -C / -cf - '{}' | zstd -q -3 -o '{}'",
+        rel.display(),
+        archive.display()
+    )));
+    let old = "20260101T000000.000Z-0000000000f1";
+    let dir = host.zone_dir("black-box", old);
+    fs::create_dir_all(&dir).expect("mkdir");
+    fs::copy(&archive, dir.join("archive.tar.zst")).expect("copy");
+    let manifest = serde_json::json!({
+        "format": 1, "id": old, "host_id": "test-host", "kind": "scheduled",
+        "created_at": "2026-01-01T00:00:00Z",
+        "source": [src.to_str().expect("utf8")], "entries": 1,
+        "logical_bytes": 10, "archive_bytes": fs::metadata(&archive).expect("stat").len(),
+        "archive_sha256": support::sha256_file(&archive),
+        "compression": "zstd", "tool_version": "test", "policy": "test"
+    });
+    fs::write(dir.join("manifest.json"), manifest.to_string()).expect("write");
+    host.ok(&["catalog", "rebuild"]);
+    host.ok(&["tick"]);
+    let aged = host.zone_dir("deletion", old);
+    assert!(
+        aged.join("archive.tar.zst.age").is_file(),
+        "{:?}",
+        left_in(&aged)
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&fs::read(aged.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(stored["format"], 3);
+    // Its manifest reads back: verify, a rebuilt catalog and a restore all find it.
+    host.ok(&["verify", old]);
+    host.ok(&["catalog", "rebuild"]);
+    assert_eq!(host.list(Some("deletion"))[0]["id"], old);
+    host.env
+        .push(("TIERKEEP_IDENTITY", key.display().to_string()));
+    host.ok(&["verify", old, "--deep"]);
+    let listing: serde_json::Value =
+        serde_json::from_str(&host.ok(&["ls", old, "--json"])).expect("ls");
+    assert_eq!(listing["from_index"], false);
+    let conf = host.src().join("app/config/app.toml");
+    let target = host.root().join("one");
+    host.restore_path(old, &target, &conf);
+    assert_eq!(
+        fs::read(target.join(entry_of(&conf))).expect("restored"),
+        b"port = 8080\n"
+    );
 }

@@ -256,7 +256,8 @@ pub(super) fn upsert(
          logical_bytes, entries, sha256, manifest, state, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'present', ?12) \
          ON CONFLICT(id) DO UPDATE SET zone = excluded.zone, state = 'present', \
-         manifest = excluded.manifest, updated_at = excluded.updated_at",
+         manifest = excluded.manifest, size_bytes = excluded.size_bytes, \
+         sha256 = excluded.sha256, updated_at = excluded.updated_at",
         params![
             m.id.as_str(),
             m.host_id,

@@ -23,9 +23,6 @@ use std::path::{Path, PathBuf};
 use age::secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-/// The suffix of an encrypted archive's object name.
-pub const AGE_SUFFIX: &str = ".age";
-
 /// The fingerprint recorded for a passphrase recipient (a hash of the passphrase would
 /// let anyone holding the manifest test guesses offline, so none is kept).
 pub const PASSPHRASE_FINGERPRINT: &str = "passphrase";
@@ -156,7 +153,7 @@ fn parse_recipient(
 
 /// Reads a recipients file (one recipient per line; blank lines and `#` comments are
 /// skipped, as `age -R` does): (line number, text).
-pub fn read_recipients_file(path: &Path) -> Result<Vec<(usize, String)>, String> {
+fn read_recipients_file(path: &Path) -> Result<Vec<(usize, String)>, String> {
     let file = std::fs::File::open(path)
         .map_err(|e| format!("encryption.recipients_file {}: {e}", path.display()))?;
     let mut out = Vec::new();
@@ -309,13 +306,6 @@ pub struct IdentitySource {
     pub passphrase_file: Option<PathBuf>,
     /// A passphrase given directly (`TIERKEEP_PASSPHRASE`).
     pub passphrase: Option<String>,
-}
-
-impl IdentitySource {
-    /// Whether anything is given.
-    pub fn is_empty(&self) -> bool {
-        self.file.is_none() && self.passphrase_file.is_none() && self.passphrase.is_none()
-    }
 }
 
 /// Reads the first line of a passphrase file.

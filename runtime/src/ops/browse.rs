@@ -188,10 +188,8 @@ impl Tierkeep {
         let dest = self
             .staging()?
             .join(format!("{}.ls-{}.tar.zst", rec.id, std::process::id()));
-        let source = ArchiveSource {
-            path: dest.clone(),
-            decrypt: self.decrypt_for(rec)?,
-        };
+        // Before the download: an encrypted backup without an identity reads nothing.
+        let decrypt = self.decrypt_for(rec)?;
         let copy = store::readable_copy(
             store.as_ref(),
             &self.key(rec),
@@ -202,7 +200,7 @@ impl Tierkeep {
         .await?;
         let source = ArchiveSource {
             path: copy.path().to_path_buf(),
-            ..source
+            decrypt,
         };
         let all = tokio::task::spawn_blocking(move || list_archive(&source))
             .await

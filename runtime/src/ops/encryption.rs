@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::{OpsError, Tierkeep};
-use crate::archive::read::{ArchiveSource, Decrypt};
+use crate::archive::read::Decrypt;
 use crate::archive::{ArchiveError, Manifest};
 use crate::catalog::Record;
 use crate::crypt::ranged::{Ranged, head_len, tail_len};
@@ -130,14 +130,6 @@ impl Tierkeep {
             id: rec.id.to_string(),
             recipients,
         }))
-    }
-
-    /// The archive file `path` of `rec`, to be read as plaintext.
-    pub(super) fn source_for(&self, rec: &Record, path: &Path) -> Result<ArchiveSource, OpsError> {
-        Ok(ArchiveSource {
-            path: path.to_path_buf(),
-            decrypt: self.decrypt_for(rec)?,
-        })
     }
 
     /// Plaintext ranges of `rec`'s stored archive, read from its zone with ranged reads

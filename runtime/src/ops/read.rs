@@ -132,16 +132,11 @@ impl Tierkeep {
             });
         }
         // No identity, no download: an encrypted backup needs one before anything.
-        self.decrypt_for(&rec)?;
+        let decrypt = self.decrypt_for(&rec)?;
         let (archive, exported) = self.local_copy(&rec, progress).await?;
-        let source = match self.source_for(&rec, &archive) {
-            Ok(s) => s,
-            Err(e) => {
-                if exported {
-                    let _ = fs::remove_file(&archive);
-                }
-                return Err(e);
-            }
+        let source = ArchiveSource {
+            path: archive.clone(),
+            decrypt,
         };
         let opts = ExtractOptions {
             target: target.to_path_buf(),

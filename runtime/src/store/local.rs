@@ -126,12 +126,17 @@ impl LocalStore {
             copy_synced(src, &partial, progress).map_err(|e| self.err("write", &partial, e))?;
             fs::rename(&partial, &dest).map_err(|e| self.err("rename", &dest, e))?;
         }
-        sync_dir(&dir).map_err(|e| self.err("fsync", &dir, e))?;
+        self.sync_folders(&dir)
+    }
+
+    /// Makes a new archive's name durable: its backup folder, host folder and the zone
+    /// root (which may have just gained the host folder) are fsynced.
+    fn sync_folders(&self, dir: &Path) -> Result<(), StoreError> {
+        sync_dir(dir).map_err(|e| self.err("fsync", dir, e))?;
         if let Some(host_dir) = dir.parent() {
             sync_dir(host_dir).map_err(|e| self.err("fsync", host_dir, e))?;
         }
-        sync_dir(&self.root).map_err(|e| self.err("fsync", &self.root, e))?;
-        Ok(())
+        sync_dir(&self.root).map_err(|e| self.err("fsync", &self.root, e))
     }
 
     fn put_manifest_sync(&self, m: &Manifest) -> Result<(), StoreError> {
@@ -221,11 +226,7 @@ impl LocalStore {
             return Err(self.err("write", &partial, e));
         }
         fs::rename(&partial, &dest).map_err(|e| self.err("rename", &dest, e))?;
-        sync_dir(&dir).map_err(|e| self.err("fsync", &dir, e))?;
-        if let Some(host_dir) = dir.parent() {
-            sync_dir(host_dir).map_err(|e| self.err("fsync", host_dir, e))?;
-        }
-        Ok(())
+        self.sync_folders(&dir)
     }
 
     fn staging_dir_path(&self) -> PathBuf {
