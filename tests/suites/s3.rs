@@ -767,3 +767,99 @@ fn lock_retention_on_a_bucket_without_object_lock_is_refused_clearly() {
         lock_retention_without_object_lock(server);
     }
 }
+
+/// A reader of `left` bytes of noise that then fails, or panics.
+struct Breaks {
+    left: usize,
+    panics: bool,
+    x: u64,
+}
+
+impl std::io::Read for Breaks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            if self.panics {
+                panic!("a reader bug (on purpose, in a test)");
+            }
+            return Err(std::io::Error::other("the disk went away"));
+        }
+        let n = buf.len().min(self.left);
+        for b in &mut buf[..n] {
+            self.x ^= self.x << 13;
+            self.x ^= self.x >> 7;
+            self.x ^= self.x << 17;
+            *b = (self.x >> 32) as u8;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn an_upload_whose_reader_fails_or_panics_stores_nothing() {
+    use std::sync::Arc;
+    use tierkeep::domain::BackupId;
+    use tierkeep::store::{self, BackupKey, S3Settings, ZoneUrl};
+
+    let server = s3::shared();
+    let bucket = server.bucket("stream");
+    let url: ZoneUrl = format!("s3://{bucket}/zone").parse().expect("zone url");
+    let settings = S3Settings {
+        endpoint: Some(server.endpoint.clone()),
+        region: Some(server.region.clone()),
+        force_path_style: true,
+        credentials: Some((server.access_key.clone(), server.secret_key.clone())),
+        ..S3Settings::default()
+    };
+    let zone = store::open(&url, &settings).expect("open the zone");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let at = time::OffsetDateTime::from_unix_timestamp(1_750_000_000).expect("time");
+    // Within the first part (one PUT would follow), and after two whole 16 MiB parts
+    // of a multipart upload.
+    for (n, (left, panics)) in [
+        (3 << 20, false),
+        (3 << 20, true),
+        (40 << 20, false),
+        (40 << 20, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = BackupKey {
+            host: "h".into(),
+            id: BackupId::new(at, n as u64),
+        };
+        let src = Breaks {
+            left,
+            panics,
+            x: 0x2545_F491_4F6C_DD1D,
+        };
+        let result = rt.block_on(zone.put_archive_stream(
+            &key,
+            "archive.tar.zst.age",
+            Box::new(src),
+            48 << 20,
+            Arc::new(|_| {}),
+        ));
+        let err = result.expect_err("a broken reader is a failed upload");
+        let text = err.to_string();
+        let expected = if panics {
+            "reader stopped"
+        } else {
+            "the disk went away"
+        };
+        assert!(text.contains(expected), "case {n}: {text}");
+        assert!(
+            server.keys(&bucket).is_empty(),
+            "case {n}: nothing is stored: {:?}",
+            server.keys(&bucket)
+        );
+    }
+    if server.lists_uploads() {
+        assert_eq!(server.uploads(&bucket), 0, "every multipart upload aborted");
+    }
+}

@@ -239,7 +239,38 @@ impl Recipients {
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(Recipients { keys, passphrase })
+        let recipients = Recipients { keys, passphrase };
+        if recipients.passphrase.is_none() {
+            recipients.check_header_fits()?;
+        }
+        Ok(recipients)
+    }
+
+    /// Refuses a set of recipients whose age header would be longer than the header a
+    /// ranged read fetches ([`stream::MAX_HEADER`]): `ls` and `restore --path` of their
+    /// backups in a bucket could not open them. Measured with a trial header (public-key
+    /// stanzas only; a passphrase's header is a few hundred bytes).
+    fn check_header_fits(&self) -> Result<(), Vec<String>> {
+        let mut trial = Vec::new();
+        let written = self.encryptor().map_err(|e| e.to_string()).and_then(|e| {
+            e.wrap_output(&mut trial)
+                .and_then(|w| w.finish())
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = written {
+            return Err(vec![format!("cannot encrypt to these recipients: {e}")]);
+        }
+        let header = stream::header_len(&trial).unwrap_or(trial.len() as u64);
+        if header > stream::MAX_HEADER {
+            return Err(vec![format!(
+                "{} recipients make an age header of {header} bytes, over the {} KiB that \
+                 tierkeep reads to open an encrypted backup: use fewer recipients (an ssh-rsa \
+                 stanza is about 700 bytes, an age1… one about 100)",
+                self.keys.len(),
+                stream::MAX_HEADER >> 10
+            )]);
+        }
+        Ok(())
     }
 
     /// Fingerprints of the recipients, in order (`passphrase` for a passphrase).

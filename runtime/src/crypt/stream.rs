@@ -170,6 +170,9 @@ pub struct Encrypting {
     plain: Option<JoinHandle<io::Result<(u64, String)>>>,
     encrypt: Option<JoinHandle<Option<(u64, String)>>>,
     done: Arc<OnceLock<Sealed>>,
+    /// The first error handed out: every later read repeats it, so that a caller that
+    /// reads on never sees an end of file after a failure.
+    failed: Option<(io::ErrorKind, String)>,
 }
 
 impl std::fmt::Debug for Encrypting {
@@ -279,6 +282,7 @@ impl Encrypting {
                 plain: Some(plain),
                 encrypt: Some(encrypt),
                 done: Arc::clone(&done),
+                failed: None,
             },
             done,
         ))
@@ -315,8 +319,9 @@ impl Encrypting {
     }
 }
 
-impl Read for Encrypting {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Encrypting {
+    /// The next ciphertext bytes into `buf` (0 at the end, once every stage succeeded).
+    fn read_next(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at == self.block.len() {
             match self.rx.recv() {
                 Ok(block) => {
@@ -335,5 +340,16 @@ impl Read for Encrypting {
         self.yielded += n as u64;
         self.at += n;
         Ok(n)
+    }
+}
+
+impl Read for Encrypting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some((kind, text)) = &self.failed {
+            return Err(io::Error::new(*kind, text.clone()));
+        }
+        self.read_next(buf).inspect_err(|e| {
+            self.failed = Some((e.kind(), e.to_string()));
+        })
     }
 }

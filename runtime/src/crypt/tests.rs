@@ -225,3 +225,55 @@ fn a_passphrase_protected_identity_file_is_the_break_glass_key() {
         .expect("read");
     assert_eq!(back, b"the data");
 }
+
+/// A source that yields some bytes, then fails.
+struct FailsAfter(usize);
+
+impl Read for FailsAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0 == 0 {
+            return Err(std::io::Error::other("the disk went away"));
+        }
+        let n = buf.len().min(self.0);
+        buf[..n].fill(7);
+        self.0 -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_failed_read_never_turns_into_an_end_of_file() {
+    let (_, public) = key();
+    let recipients = Recipients::parse(&[public], None, None).expect("recipients");
+    let (mut enc, done) = Encrypting::new(FailsAfter(3 << 20), &recipients).expect("encryptor");
+    let mut buf = vec![0u8; 256 << 10];
+    let first_err = loop {
+        match enc.read(&mut buf) {
+            Ok(0) => panic!("an end of file from a source that failed"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        first_err.to_string().contains("the disk went away"),
+        "{first_err}"
+    );
+    for _ in 0..3 {
+        let again = enc.read(&mut buf).expect_err("still failed");
+        assert_eq!(again.to_string(), first_err.to_string());
+    }
+    assert!(done.get().is_none(), "no totals for a failed stream");
+}
+
+#[test]
+fn recipients_whose_header_would_not_fit_are_refused() {
+    let one: Vec<String> = (0..2).map(|_| key().1).collect();
+    Recipients::parse(&one, None, None).expect("two keys fit");
+    // An X25519 stanza is about 100 bytes: 800 of them make a header over 64 KiB.
+    let many: Vec<String> = (0..800).map(|_| key().1).collect();
+    let problems = Recipients::parse(&many, None, None).expect_err("too many");
+    assert!(
+        problems.iter().any(|p| p.contains("800 recipients")),
+        "{problems:?}"
+    );
+}

@@ -187,6 +187,11 @@ impl S3Store {
             .part_number(number)
             .content_length(i64::try_from(len).unwrap_or(i64::MAX))
             .body(body)
+            .customize()
+            // UNSIGNED-PAYLOAD, as for a part read from a file: the SDK would hash a
+            // part held in memory before sending it, and the server hash it again. The
+            // whole object's SHA-256 is checked end to end by reading it back.
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.err("upload part", object, e))?;
@@ -311,20 +316,31 @@ impl S3Store {
             path: PathBuf::from(object),
             cause: e,
         };
-        let first = rx
-            .recv()
-            .await
-            .unwrap_or_else(|| Ok(Vec::new()))
-            .map_err(read_err)?;
+        // A reader that panicked ends the parts early: that is a failed read, never the
+        // end of the archive.
+        let stopped = |e: tokio::task::JoinError| {
+            read_err(std::io::Error::other(format!(
+                "the archive reader stopped: {e}"
+            )))
+        };
+        let Some(first) = rx.recv().await else {
+            producer.await.map_err(stopped)?;
+            return Err(read_err(std::io::Error::other(
+                "the archive reader ended without a part",
+            )));
+        };
+        let first = first.map_err(read_err)?;
         if (first.len() as u64) < part_size {
             let len = first.len() as u64;
-            let _ = producer.await;
+            producer.await.map_err(stopped)?;
             self.client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(object)
                 .content_length(i64::try_from(len).unwrap_or(i64::MAX))
                 .body(ByteStream::from(first))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| self.err("put", object, e))?;
@@ -359,7 +375,8 @@ impl S3Store {
             .try_collect()
             .await;
         // Dropping the receiver stops the producer at its next part.
-        let _ = producer.await;
+        let produced = producer.await.map_err(stopped);
+        let uploaded = uploaded.and_then(|parts| produced.map(|()| parts));
         self.finish_upload(object, &upload_id, uploaded).await
     }
 }
