@@ -22,6 +22,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use tierkeep_core::decision::{self, Attempt, PolicyContext, PolicyFault, Rules};
 use tierkeep_core::domain::{self, BackupId, BackupView, Capacity, Schedule, Usage};
 use tierkeep_core::plan::{self, Action, Asked, Plan, State};
+use tierkeep_core::simulate;
 use time::OffsetDateTime;
 
 use crate::{Backup, BackupKind, Context, Policy, Room, Zone};
@@ -51,6 +52,9 @@ pub enum Event {
     Created(i64, String),
     /// A scheduled attempt failed.
     Failed(i64),
+    /// The host did not admit a scheduled backup (its black box could not be made room
+    /// in): nothing was written.
+    Refused(i64),
     /// A backup moved to the deletion zone.
     Aged(i64, String),
     /// A backup was evicted from the deletion zone.
@@ -356,15 +360,19 @@ pub fn run<P: Policy>(sim: &Sim) -> Report {
         } else {
             let room = plan::plan_room_on(&mut state, &rules, 1, sim.backup_size);
             record(&mut r, &state, &room);
-            n += 1;
-            let b = BackupView {
-                id: BackupId::new(state.now, n),
-                created_at: state.now,
-                size_bytes: sim.backup_size,
-                kind: domain::BackupKind::Scheduled,
-            };
-            r.events.push(Event::Created(now, b.id.to_string()));
-            state.black_box.push(b);
+            if simulate::admitted(&state, sim.backup_size) {
+                n += 1;
+                let b = BackupView {
+                    id: BackupId::new(state.now, n),
+                    created_at: state.now,
+                    size_bytes: sim.backup_size,
+                    kind: domain::BackupKind::Scheduled,
+                };
+                r.events.push(Event::Created(now, b.id.to_string()));
+                state.black_box.push(b);
+            } else {
+                r.events.push(Event::Refused(now));
+            }
         }
         let tick = plan::plan_tick_on(&mut state, &rules);
         record(&mut r, &state, &tick);

@@ -10,6 +10,11 @@
 //! backup found damaged goes into [`State::damaged`] and the plan is made again at once,
 //! so that one bad backup never blocks the others.
 //!
+//! A new backup's admission ([`plan_admission`]) is the last step of a backup's plan.
+//! It is planned once the room steps have been carried out, because it depends on
+//! whether they could be (a deletion zone that does not answer leaves the black box
+//! full: black-box pressure).
+//!
 //! Planning is pure: it simulates each step on its copy of the state, so that every
 //! decision sees the zones as they will be when its step runs (an eviction before a move
 //! sees the deletion zone after the evictions and moves planned before it).
@@ -23,7 +28,8 @@ use crate::decision::{
     Attempt, BuiltinRules, Decider, Decision, PolicyContext, PolicyFault, Room, Rules, ZoneSnapshot,
 };
 use crate::domain::{
-    BackupId, BackupView, Capacity, Schedule, Usage, Zone, format_duration, plan_room_around,
+    Admission, BackupId, BackupKind, BackupView, BlackBoxAdmission, Capacity, Schedule, Usage,
+    Zone, admit_new_backup, admit_scheduled, format_duration, plan_room_around,
 };
 
 /// What the planner knows: the zones' contents at `now`.
@@ -342,6 +348,139 @@ pub fn plan_room_on(
     p.plan
 }
 
+/// What the host knows of a new backup once the steps that make room for it were
+/// carried out.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// Scheduled (into the black box) or manual (into the reserved zone).
+    pub kind: BackupKind,
+    /// The error that kept the black box's oldest backups from aging out to make room,
+    /// if they had to and could not.
+    pub aging_failed: Option<&'a str>,
+    /// Free bytes on the black box's filesystem, where known.
+    pub available: Option<u64>,
+    /// About how large the backup will be (the last one's size).
+    pub estimate: u64,
+    /// The free space the black box's filesystem must keep.
+    pub min_free: u64,
+}
+
+/// Whether a new backup is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write it into `zone`.
+    Admit {
+        /// Its zone.
+        zone: Zone,
+        /// Black-box pressure: the zone is full and could not be made room in, so the
+        /// newest data is taken beyond `max_backups` (this many held with it).
+        beyond_capacity: Option<u64>,
+    },
+    /// Write nothing.
+    Refuse {
+        /// The zone it was for.
+        zone: Zone,
+        /// Why, for the error (the zone's fullness, or the disk's reserve).
+        why: String,
+        /// What the operator can do, where the rules know it.
+        advice: Option<&'static str>,
+    },
+}
+
+/// The admission step of a backup's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionStep {
+    /// Admit or refuse.
+    pub verdict: Verdict,
+    /// Why, for the audit trail and the logs.
+    pub reason: String,
+    /// Who decided: always `host` (no policy decides admission).
+    pub by: String,
+}
+
+/// Whether the new backup `incoming` is admitted into its zone as `state` holds it (the
+/// state once its room steps were carried out). A manual backup is refused by a full
+/// reserved zone, which is never made room in automatically; a scheduled one is refused
+/// when it could leave the disk below its reserve, and taken beyond the black box's
+/// capacity when only a failed aging kept room from being made.
+pub fn plan_admission(state: &State, incoming: &Incoming) -> AdmissionStep {
+    let zone = incoming.kind.home_zone();
+    let capacity = state.capacities[zone.index()];
+    let step = |verdict, reason| AdmissionStep {
+        verdict,
+        reason,
+        by: "host".to_owned(),
+    };
+    if incoming.kind == BackupKind::Manual {
+        return match admit_new_backup(incoming.kind, capacity, state.reserved) {
+            Admission::Admit { zone } => step(
+                Verdict::Admit {
+                    zone,
+                    beyond_capacity: None,
+                },
+                format!(
+                    "the {zone} zone has room ({} of {} backups)",
+                    state.reserved.backups, capacity.max_backups
+                ),
+            ),
+            Admission::Refuse {
+                zone,
+                fullness,
+                advice,
+            } => step(
+                Verdict::Refuse {
+                    zone,
+                    why: fullness.to_string(),
+                    advice: Some(advice),
+                },
+                format!("the {zone} zone is full: {fullness}"),
+            ),
+        };
+    }
+    let held = usage(&state.black_box);
+    match admit_scheduled(
+        capacity,
+        held,
+        incoming.aging_failed,
+        incoming.available,
+        incoming.estimate,
+        incoming.min_free,
+    ) {
+        BlackBoxAdmission::Admit => step(
+            Verdict::Admit {
+                zone,
+                beyond_capacity: None,
+            },
+            format!(
+                "the black box has room ({} of {} backups)",
+                held.backups, capacity.max_backups
+            ),
+        ),
+        BlackBoxAdmission::OverCapacity { holding } => step(
+            Verdict::Admit {
+                zone,
+                beyond_capacity: Some(holding),
+            },
+            format!(
+                "the black box is full ({} of {} backups) and its oldest backups cannot age \
+                 out ({}); no unmoved backup is deleted, so this backup is taken beyond \
+                 max_backups ({holding} held)",
+                held.backups,
+                capacity.max_backups,
+                incoming.aging_failed.unwrap_or_default()
+            ),
+        ),
+        BlackBoxAdmission::Refuse { reason } => step(
+            Verdict::Refuse {
+                zone,
+                why: reason.clone(),
+                advice: None,
+            },
+            reason,
+        ),
+    }
+}
+
 /// The interval to the next scheduled backup at `state.now` (checked; the built-in
 /// rules' on a fault).
 pub fn plan_interval(state: &State, rules: &dyn Rules) -> Decision<Duration> {
@@ -351,7 +490,6 @@ pub fn plan_interval(state: &State, rules: &dyn Rules) -> Decision<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::BackupKind;
     use time::macros::datetime;
 
     fn view(hours: u64, bytes: u64) -> BackupView {
@@ -440,5 +578,80 @@ mod tests {
         assert_eq!(plan.steps.len(), 1);
         assert_eq!(plan.steps[0].cause, Cause::OverCapacity);
         assert_eq!(plan.steps[0].by, "host");
+    }
+
+    #[test]
+    fn admission_is_planned_by_the_host_on_the_state_left_by_the_room_steps() {
+        let scheduled = |aging_failed, available| Incoming {
+            kind: BackupKind::Scheduled,
+            aging_failed,
+            available,
+            estimate: 100,
+            min_free: 50,
+        };
+        // Room: admitted.
+        let s = state(&[1], &[], (2, 10));
+        let step = plan_admission(&s, &scheduled(None, Some(1_000)));
+        assert_eq!(
+            step.verdict,
+            Verdict::Admit {
+                zone: Zone::BlackBox,
+                beyond_capacity: None
+            }
+        );
+        assert_eq!(step.by, "host");
+        // Full because aging failed: taken beyond capacity (black-box pressure), loudly.
+        let s = state(&[1, 2], &[], (2, 10));
+        let step = plan_admission(&s, &scheduled(Some("the deletion zone is down"), None));
+        assert_eq!(
+            step.verdict,
+            Verdict::Admit {
+                zone: Zone::BlackBox,
+                beyond_capacity: Some(3)
+            }
+        );
+        assert!(
+            step.reason.contains("(the deletion zone is down)"),
+            "{}",
+            step.reason
+        );
+        // Full with nothing failing (what is left is damaged): refused.
+        let step = plan_admission(&s, &scheduled(None, None));
+        assert!(
+            matches!(&step.verdict, Verdict::Refuse { why, advice: None, .. }
+                if why.contains("full")),
+            "{step:?}"
+        );
+        // The disk's reserve: refused before anything else, even with room.
+        let s = state(&[1], &[], (2, 10));
+        let step = plan_admission(&s, &scheduled(None, Some(120)));
+        assert!(
+            matches!(&step.verdict, Verdict::Refuse { why, .. } if why.contains("min_free")),
+            "{step:?}"
+        );
+        // A manual backup into a full reserved zone: refused, with the operator's way out.
+        let mut s = state(&[], &[], (2, 10));
+        s.reserved = Usage {
+            backups: 10,
+            bytes: 0,
+        };
+        let manual = Incoming {
+            kind: BackupKind::Manual,
+            ..scheduled(Some("ignored for manual backups"), Some(0))
+        };
+        let step = plan_admission(&s, &manual);
+        assert!(
+            matches!(&step.verdict, Verdict::Refuse { zone: Zone::Reserved, advice: Some(a), .. }
+                if a.contains("tierkeep delete")),
+            "{step:?}"
+        );
+        s.reserved.backups = 9;
+        assert!(matches!(
+            plan_admission(&s, &manual).verdict,
+            Verdict::Admit {
+                zone: Zone::Reserved,
+                beyond_capacity: None
+            }
+        ));
     }
 }

@@ -14,7 +14,10 @@ use std::collections::HashSet;
 
 use crate::decision::{Attempt, PolicyFault, Rules};
 use crate::domain::{BackupId, BackupKind, BackupView, Capacity, Schedule, Usage};
-use crate::plan::{Action, Asked, Plan, State, plan_interval, plan_room_on, plan_tick_on};
+use crate::plan::{
+    Action, Asked, Incoming, Plan, State, Verdict, plan_admission, plan_interval, plan_room_on,
+    plan_tick_on,
+};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -43,7 +46,8 @@ pub struct SimEvent {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
-    /// `created`, `failed`, `aged` or `evicted`.
+    /// `created`, `failed`, `refused` (the planner did not admit it), `aged` or
+    /// `evicted`.
     pub kind: &'static str,
     /// The backup (none for a failed attempt).
     pub id: Option<String>,
@@ -162,9 +166,26 @@ fn sample(r: &mut SimReport, state: &State) {
     });
 }
 
+/// Whether the planner admits a scheduled backup of `bytes` into the black box of
+/// `state` (its room already made; in a simulation every move succeeds and the disk
+/// never runs short, so only a black box that cannot be made room in refuses).
+pub fn admitted(state: &State, bytes: u64) -> bool {
+    let step = plan_admission(
+        state,
+        &Incoming {
+            kind: BackupKind::Scheduled,
+            aging_failed: None,
+            available: None,
+            estimate: bytes,
+            min_free: 0,
+        },
+    );
+    matches!(step.verdict, Verdict::Admit { .. })
+}
+
 /// Runs `rules` over the simulated period: at each interval the policy gives, a
 /// scheduled attempt (failing at the given rate) that, when it succeeds, first has the
-/// planner make room in the black box ([`plan_room_on`]); then a pass of the lifecycle
+/// planner make room in the black box ([`plan_room_on`]) and admit it ([`admitted`]); then a pass of the lifecycle
 /// ([`plan_tick_on`]). Every step of every plan succeeds.
 pub fn simulate(p: &SimParams, rules: &dyn Rules) -> SimReport {
     let mut r = SimReport {
@@ -222,20 +243,28 @@ pub fn simulate(p: &SimParams, rules: &dyn Rules) -> SimReport {
         } else {
             let plan = plan_room_on(&mut state, rules, 1, p.backup_size);
             record(&mut r, now, &plan);
-            n += 1;
-            let b = BackupView {
-                id: BackupId::new(now, n),
-                created_at: now,
-                size_bytes: p.backup_size,
-                kind: BackupKind::Scheduled,
-            };
-            r.events.push(SimEvent {
-                at: now,
-                kind: "created",
-                id: Some(b.id.to_string()),
-            });
-            r.created += 1;
-            state.black_box.push(b);
+            if admitted(&state, p.backup_size) {
+                n += 1;
+                let b = BackupView {
+                    id: BackupId::new(now, n),
+                    created_at: now,
+                    size_bytes: p.backup_size,
+                    kind: BackupKind::Scheduled,
+                };
+                r.events.push(SimEvent {
+                    at: now,
+                    kind: "created",
+                    id: Some(b.id.to_string()),
+                });
+                r.created += 1;
+                state.black_box.push(b);
+            } else {
+                r.events.push(SimEvent {
+                    at: now,
+                    kind: "refused",
+                    id: None,
+                });
+            }
         }
         let plan = plan_tick_on(&mut state, rules);
         record(&mut r, now, &plan);

@@ -12,10 +12,8 @@ use super::{OpsError, Tierkeep, io_err};
 use crate::archive::write::{PreviousArchive, WriteOptions, estimate, write_archive};
 use crate::archive::{MANIFEST_FORMAT, Manifest};
 use crate::catalog::Catalog;
-use crate::domain::{
-    Admission, BackupId, BackupKind, BlackBoxAdmission, Zone, admit_new_backup, admit_scheduled,
-    format_size,
-};
+use crate::domain::{BackupId, BackupKind, Zone, format_size};
+use crate::plan::{Incoming, Verdict, plan_admission};
 use crate::progress::Progress;
 use crate::store::{BackupKey, StoreError, ZoneStore};
 
@@ -140,43 +138,60 @@ impl Tierkeep {
         let zs = self.settings.zone(zone);
         self.recover_if_needed(catalog, now).await?;
         let mut pressure = false;
-        if kind == BackupKind::Scheduled {
-            let aging_error = self
-                .make_room_in_black_box(catalog, 1, 0, now, progress)
+        // Room first (a scheduled backup into a full black box ages the oldest early),
+        // then the admission, planned on what that left.
+        let aging_error = if kind == BackupKind::Scheduled {
+            self.make_room_in_black_box(catalog, 1, 0, now, progress)
                 .await
-                .err();
-            let aging_failed = aging_error.as_ref().map(ToString::to_string);
-            let catches_up = aging_error.as_ref().map(catch_up).unwrap_or_default();
-            let usage = catalog.usage(zone)?;
+                .err()
+        } else {
+            None
+        };
+        let aging_failed = aging_error.as_ref().map(ToString::to_string);
+        let catches_up = aging_error.as_ref().map(catch_up).unwrap_or_default();
+        let (available, last_size) = if kind == BackupKind::Scheduled {
             // About as large as the newest backup of this host.
-            let estimate = catalog
+            let last_size = catalog
                 .list(None)?
                 .iter()
                 .find(|r| r.kind == BackupKind::Scheduled)
                 .map_or(0, |r| r.size_bytes);
-            match admit_scheduled(
-                zs.capacity,
-                usage,
-                aging_failed.as_deref(),
-                self.black_box_available(),
-                estimate,
-                zs.min_free,
-            ) {
-                BlackBoxAdmission::Admit => {}
-                BlackBoxAdmission::OverCapacity { holding } => {
-                    pressure = true;
-                    let why = aging_failed.unwrap_or_default();
-                    let text = format!(
-                        "the black box is full ({} of {} backups) and its oldest backups \
-                         cannot age out ({why}); no unmoved backup is deleted, so this backup is \
-                         taken beyond max_backups ({holding} held); {catches_up}",
-                        usage.backups, zs.capacity.max_backups
-                    );
-                    note_pressure(catalog, now, &text)?;
-                }
-                BlackBoxAdmission::Refuse { reason } => {
-                    let err = OpsError::NoRoom {
-                        reason,
+            (self.black_box_available(), last_size)
+        } else {
+            (None, 0)
+        };
+        let admission = plan_admission(
+            &self.plan_state(catalog, now)?,
+            &Incoming {
+                kind,
+                aging_failed: aging_failed.as_deref(),
+                available,
+                estimate: last_size,
+                min_free: zs.min_free,
+            },
+        );
+        tracing::debug!(by = %admission.by, "admission: {}", admission.reason);
+        match admission.verdict {
+            Verdict::Admit {
+                beyond_capacity: None,
+                ..
+            } => {}
+            Verdict::Admit {
+                beyond_capacity: Some(_),
+                ..
+            } => {
+                pressure = true;
+                note_pressure(catalog, now, &format!("{}; {catches_up}", admission.reason))?;
+            }
+            Verdict::Refuse { zone, why, advice } => {
+                let err = match advice {
+                    Some(advice) => OpsError::ZoneFull {
+                        zone,
+                        fullness: why,
+                        advice: advice.to_owned(),
+                    },
+                    None => OpsError::NoRoom {
+                        reason: why,
                         advice: match &aging_failed {
                             Some(e) => format!(
                                 "The oldest backups could not age out ({e}); {catches_up}. Or \
@@ -186,31 +201,18 @@ impl Tierkeep {
                                      zones.black_box.min_free"
                                 .into(),
                         },
-                    };
-                    if aging_failed.is_some() {
-                        tracing::error!("black-box pressure: {err}");
-                        crate::metrics::inc(
-                            "tierkeep_black_box_pressure_events_total",
-                            &[("outcome", "refused")],
-                        );
-                    }
-                    catalog.note(now, "refused", Some(zone), &err.to_string())?;
-                    return Err(err);
+                    },
+                };
+                if aging_failed.is_some() {
+                    tracing::error!("black-box pressure: {err}");
+                    crate::metrics::inc(
+                        "tierkeep_black_box_pressure_events_total",
+                        &[("outcome", "refused")],
+                    );
                 }
+                catalog.note(now, "refused", Some(zone), &err.to_string())?;
+                return Err(err);
             }
-        } else if let Admission::Refuse {
-            zone,
-            fullness,
-            advice,
-        } = admit_new_backup(kind, zs.capacity, catalog.usage(zone)?)
-        {
-            let err = OpsError::ZoneFull {
-                zone,
-                fullness: fullness.to_string(),
-                advice: advice.to_owned(),
-            };
-            catalog.note(now, "refused", Some(zone), &err.to_string())?;
-            return Err(err);
         }
         let store = self.store(zone).clone();
         let checked = match self.zone_available(catalog, zone, now).await {
