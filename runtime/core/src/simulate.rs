@@ -185,8 +185,9 @@ pub fn admitted(state: &State, bytes: u64) -> bool {
 
 /// Runs `rules` over the simulated period: at each interval the policy gives, a
 /// scheduled attempt (failing at the given rate) that, when it succeeds, first has the
-/// planner make room in the black box ([`plan_room_on`]) and admit it ([`admitted`]); then a pass of the lifecycle
-/// ([`plan_tick_on`]). Every step of every plan succeeds.
+/// planner make room in the black box ([`plan_room_on`]) and admit the backup
+/// ([`admitted`]); then a pass of the lifecycle ([`plan_tick_on`]). Every step of every
+/// plan succeeds.
 pub fn simulate(p: &SimParams, rules: &dyn Rules) -> SimReport {
     let mut r = SimReport {
         final_counts: Counts::default(),
