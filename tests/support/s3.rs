@@ -3,7 +3,11 @@
 //!
 //! 1. `TIERKEEP_TEST_S3_ENDPOINT` (credentials in `AWS_ACCESS_KEY_ID` /
 //!    `AWS_SECRET_ACCESS_KEY`, region in `AWS_REGION`): an external server;
-//! 2. else, if a Docker engine answers (`docker info`): MinIO in a container;
+//! 2. else, if a Docker API answers (`DOCKER_HOST=unix://…`, or `/var/run/docker.sock`;
+//!    `podman system service` serves one): through `testcontainers`, MinIO where its
+//!    image can be pulled, else the locally built Garage image
+//!    (`TIERKEEP_TEST_GARAGE_IMAGE`, default `localhost/tierkeep-garage:2.5.0`, see
+//!    `.ci/garage-image`);
 //! 3. else, if a `garage` binary is found (`TIERKEEP_TEST_GARAGE`, or on `PATH`): a
 //!    single-node Garage started in a temporary directory, a real disk-backed S3 server
 //!    in its own process;
@@ -24,7 +28,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     External,
-    MinioDocker,
+    MinioContainer,
+    GarageContainer,
     Garage,
     InProcess,
     /// moto's standalone server: an emulator, used for what the others lack (S3 Object
@@ -44,7 +49,11 @@ pub struct S3 {
 
 enum Inner {
     None,
-    Docker(String),
+    Container {
+        container: Box<testcontainers::Container<testcontainers::GenericImage>>,
+        /// The shell that removes the container once this test process is gone.
+        _reaper: Child,
+    },
     Garage {
         child: Option<Child>,
         bin: PathBuf,
@@ -99,13 +108,20 @@ pub fn find_garage() -> Option<PathBuf> {
     })
 }
 
-fn docker_answers() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// The Docker API's unix socket, when one answers `GET /_ping`.
+fn docker_socket() -> Option<PathBuf> {
+    use std::io::{Read, Write};
+    let path = match std::env::var("DOCKER_HOST") {
+        Ok(h) => PathBuf::from(h.strip_prefix("unix://")?),
+        Err(_) => PathBuf::from("/var/run/docker.sock"),
+    };
+    let mut sock = std::os::unix::net::UnixStream::connect(&path).ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    sock.write_all(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    let _ = sock.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.").then_some(path)
 }
 
 /// The server of this test binary, started on first use.
@@ -131,8 +147,8 @@ fn start() -> S3 {
             inner: Mutex::new(Inner::None),
         };
     }
-    if docker_answers() {
-        return start_minio_docker();
+    if let Some(socket) = docker_socket() {
+        return start_container(&socket);
     }
     if let Some(bin) = find_garage() {
         return start_garage(bin);
@@ -140,41 +156,127 @@ fn start() -> S3 {
     start_in_process()
 }
 
-fn start_minio_docker() -> S3 {
+/// Removes container `id` through the Docker API once this test process is gone
+/// (statics are never dropped, so testcontainers' own clean-up cannot be relied on).
+fn reaper(socket: &Path, id: &str) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(
+            "while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; \
+             curl -s --unix-socket \"$1\" -X DELETE \"http://d/containers/$2?force=true&v=true\" \
+             >/dev/null",
+        )
+        .arg(std::process::id().to_string())
+        .arg(socket)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the container reaper")
+}
+
+/// Publishes every mapped port on the host's loopback only (testcontainers binds all
+/// interfaces by default).
+fn loopback_only(config: &mut testcontainers::bollard::models::HostConfig) {
+    for bindings in config.port_bindings.iter_mut().flat_map(|m| m.values_mut()) {
+        for binding in bindings.iter_mut().flatten() {
+            binding.host_ip = Some("127.0.0.1".into());
+        }
+    }
+}
+
+/// MinIO, or (when its image cannot be pulled) the local Garage image, through
+/// testcontainers. The S3 port is mapped to a fixed free host port, so that a stopped
+/// and started container answers where it did, with its data.
+fn start_container(socket: &Path) -> S3 {
+    use testcontainers::core::{IntoContainerPort, WaitFor};
+    use testcontainers::runners::SyncRunner;
+    use testcontainers::{GenericImage, ImageExt};
+    let port = free_port();
     let (user, pass) = ("tierkeep", format!("tk{}", random_hex(12)));
-    let out = Command::new("docker")
-        .args(["run", "-d", "--rm", "-p", "127.0.0.1::9000"])
-        .args(["-e", &format!("MINIO_ROOT_USER={user}")])
-        .args(["-e", &format!("MINIO_ROOT_PASSWORD={pass}")])
-        .args(["minio/minio", "server", "/data"])
-        .output()
-        .expect("docker run");
-    assert!(
-        out.status.success(),
-        "docker run minio: {}",
-        String::from_utf8_lossy(&out.stderr)
+    // A pull that failed once (no registry) is not tried again by this test process.
+    static MINIO_UNAVAILABLE: OnceLock<String> = OnceLock::new();
+    let minio_error = match MINIO_UNAVAILABLE.get() {
+        Some(e) => e.clone(),
+        None => {
+            let minio = GenericImage::new("minio/minio", "latest")
+                .with_exposed_port(9000.tcp())
+                .with_wait_for(WaitFor::message_on_either_std("API:"))
+                .with_mapped_port(port, 9000.tcp())
+                .with_host_config_modifier(loopback_only)
+                .with_env_var("MINIO_ROOT_USER", user)
+                .with_env_var("MINIO_ROOT_PASSWORD", &pass)
+                .with_cmd(["server", "/data"])
+                .start();
+            match minio {
+                Ok(container) => {
+                    wait_for_port(port, "MinIO");
+                    eprintln!(
+                        "S3 fixture: MinIO in container {} (testcontainers, {}) on 127.0.0.1:{port}",
+                        container.id(),
+                        socket.display()
+                    );
+                    let reaper = reaper(socket, container.id());
+                    return S3 {
+                        kind: Kind::MinioContainer,
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        region: "us-east-1".into(),
+                        access_key: user.into(),
+                        secret_key: pass,
+                        inner: Mutex::new(Inner::Container {
+                            container: Box::new(container),
+                            _reaper: reaper,
+                        }),
+                    };
+                }
+                Err(e) => MINIO_UNAVAILABLE.get_or_init(|| e.to_string()).clone(),
+            }
+        }
+    };
+    let image = std::env::var("TIERKEEP_TEST_GARAGE_IMAGE")
+        .unwrap_or_else(|_| "localhost/tierkeep-garage:2.5.0".into());
+    let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
+    // Garage's single-node mode lays out the node and imports the key (allowed to create
+    // buckets) at start, and again, unchanged, when the container is started again.
+    let key_id = format!("GK{}", random_hex(12));
+    let secret = random_hex(32);
+    let container = GenericImage::new(name, tag)
+        .with_exposed_port(3900.tcp())
+        .with_wait_for(WaitFor::message_on_either_std("S3 API server listening"))
+        .with_mapped_port(port, 3900.tcp())
+        .with_host_config_modifier(loopback_only)
+        .with_env_var("RUST_LOG", "garage=info")
+        .with_env_var("GARAGE_DEFAULT_ACCESS_KEY", &key_id)
+        .with_env_var("GARAGE_DEFAULT_SECRET_KEY", &secret)
+        .with_cmd(["server", "--single-node", "--default-access-key"])
+        .start()
+        .unwrap_or_else(|e| {
+            panic!(
+                "a Docker API answers at {}, but neither MinIO ({minio_error}) nor the Garage \
+                 image {image} ({e}) would start; build the image with .ci/garage-image, or \
+                 unset DOCKER_HOST for the other fixtures",
+                socket.display()
+            )
+        });
+    let reaper = reaper(socket, container.id());
+    wait_for_port(port, "Garage");
+    eprintln!(
+        "S3 fixture: Garage in container {} (testcontainers, {}, image {image}; MinIO: \
+         {minio_error}) on 127.0.0.1:{port}",
+        container.id(),
+        socket.display()
     );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let port = Command::new("docker")
-        .args(["port", &id, "9000/tcp"])
-        .output()
-        .expect("docker port");
-    let mapping = String::from_utf8_lossy(&port.stdout);
-    let port: u16 = mapping
-        .lines()
-        .next()
-        .and_then(|l| l.rsplit(':').next())
-        .and_then(|p| p.trim().parse().ok())
-        .expect("mapped port");
-    wait_for_port(port, "MinIO");
-    eprintln!("S3 fixture: MinIO in Docker container {id} on 127.0.0.1:{port}");
     S3 {
-        kind: Kind::MinioDocker,
+        kind: Kind::GarageContainer,
         endpoint: format!("http://127.0.0.1:{port}"),
-        region: "us-east-1".into(),
-        access_key: user.into(),
-        secret_key: pass,
-        inner: Mutex::new(Inner::Docker(id)),
+        region: "garage".into(),
+        access_key: key_id,
+        secret_key: secret,
+        inner: Mutex::new(Inner::Container {
+            container: Box::new(container),
+            _reaper: reaper,
+        }),
     }
 }
 
@@ -673,7 +775,10 @@ impl S3 {
 
     /// Whether this fixture can stop and restart its server.
     pub fn can_stop(&self) -> bool {
-        matches!(self.kind, Kind::Garage | Kind::InProcess)
+        matches!(
+            self.kind,
+            Kind::Garage | Kind::InProcess | Kind::MinioContainer | Kind::GarageContainer
+        )
     }
 
     /// Stops the server (Garage: kill its process; in-process: stop serving and close
@@ -691,6 +796,12 @@ impl S3 {
                     t.abort();
                     let _ = runtime.block_on(t);
                 }
+            }
+            // Killed at once (no grace), as a crashed server would be; data stays.
+            Inner::Container { container, .. } => {
+                container
+                    .stop_with_timeout(Some(0))
+                    .expect("stop the container");
             }
             _ => panic!("this S3 fixture cannot be stopped"),
         }
@@ -730,6 +841,16 @@ impl S3 {
                     self.secret_key.clone(),
                 )));
             }
+            Inner::Container { container, .. } => {
+                container.start().expect("start the container again");
+                let port: u16 = self
+                    .endpoint
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("port");
+                wait_for_port(port, "the S3 container");
+            }
             _ => panic!("this S3 fixture cannot be restarted"),
         }
     }
@@ -739,9 +860,6 @@ impl Drop for S3 {
     fn drop(&mut self) {
         if let Ok(mut inner) = self.inner.lock() {
             match &mut *inner {
-                Inner::Docker(id) => {
-                    let _ = Command::new("docker").args(["rm", "-f", id]).output();
-                }
                 Inner::Garage { child, config, .. } => {
                     if let Some(mut c) = child.take() {
                         kill_garage(&mut c, config);
