@@ -73,6 +73,15 @@ enum Inner {
     },
 }
 
+/// Says which server the fixture started, on the process's standard error itself: the
+/// test harness captures `eprintln!` of passing tests, and CI's log must show it.
+macro_rules! announce {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -137,7 +146,7 @@ pub fn dedicated() -> S3 {
 
 fn start() -> S3 {
     if let Ok(endpoint) = std::env::var("TIERKEEP_TEST_S3_ENDPOINT") {
-        eprintln!("S3 fixture: external server at {endpoint}");
+        announce!("S3 fixture: external server at {endpoint}");
         return S3 {
             kind: Kind::External,
             endpoint,
@@ -212,7 +221,7 @@ fn start_container(socket: &Path) -> S3 {
             match minio {
                 Ok(container) => {
                     wait_for_port(port, "MinIO");
-                    eprintln!(
+                    announce!(
                         "S3 fixture: MinIO in container {} (testcontainers, {}) on 127.0.0.1:{port}",
                         container.id(),
                         socket.display()
@@ -261,7 +270,7 @@ fn start_container(socket: &Path) -> S3 {
         });
     let reaper = reaper(socket, container.id());
     wait_for_port(port, "Garage");
-    eprintln!(
+    announce!(
         "S3 fixture: Garage in container {} (testcontainers, {}, image {image}; MinIO: \
          {minio_error}) on 127.0.0.1:{port}",
         container.id(),
@@ -388,7 +397,7 @@ pub fn start_garage(bin: PathBuf) -> S3 {
         &config,
         &["key", "allow", "--create-bucket", "tierkeep"],
     );
-    eprintln!(
+    announce!(
         "S3 fixture: Garage ({}) on 127.0.0.1:{s3}, data in {}",
         bin.display(),
         dir.path().display()
@@ -452,7 +461,7 @@ fn start_moto(bin: PathBuf) -> S3 {
         .spawn()
         .expect("start moto_server");
     wait_for_port(port, "moto_server");
-    eprintln!(
+    announce!(
         "S3 fixture: moto server ({}, an emulator) on 127.0.0.1:{port}",
         bin.display()
     );
@@ -516,7 +525,7 @@ pub fn start_in_process() -> S3 {
         root.path().to_path_buf(),
         secret.clone(),
     ));
-    eprintln!("S3 fixture: in-process s3s-fs server on 127.0.0.1:{port}");
+    announce!("S3 fixture: in-process s3s-fs server on 127.0.0.1:{port}");
     S3 {
         kind: Kind::InProcess,
         endpoint: format!("http://127.0.0.1:{port}"),
