@@ -246,6 +246,8 @@ impl Drop for Partial {
 
 pub(super) struct PendingDir {
     path: PathBuf,
+    /// Its components below the root, joined with `/` (for `openat2`).
+    rel: Vec<u8>,
     mode: u32,
     uid: u64,
     gid: u64,
@@ -396,18 +398,35 @@ impl Disk {
         }
     }
 
-    /// Removes whatever non-directory is at `path` (never following a symlink).
-    fn clear(path: &Path) -> Result<(), ArchiveError> {
-        match fs::symlink_metadata(path) {
-            Ok(md) if md.is_dir() => Err(ArchiveError::io(
+    /// Removes whatever non-directory is at `leaf` of `fd` (`path` without one), never
+    /// following a symlink.
+    fn clear(fd: Option<&DirFd>, leaf: &[u8], path: &Path) -> Result<(), ArchiveError> {
+        match lstat(fd, leaf, path) {
+            Ok(Some(true)) => Err(ArchiveError::io(
                 "replace",
                 path,
                 io::Error::new(io::ErrorKind::IsADirectory, "a directory is in the way"),
             )),
-            Ok(_) => fs::remove_file(path).map_err(|e| ArchiveError::io("remove", path, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(Some(false)) => {
+                remove(fd, leaf, path).map_err(|e| ArchiveError::io("remove", path, e))
+            }
+            Ok(None) => Ok(()),
             Err(e) => Err(ArchiveError::io("stat", path, e)),
         }
+    }
+
+    /// The parent directory of `comps` (walked and created by [`Disk::parent`]), its
+    /// handle opened beneath the root where `openat2` is available, the leaf and the
+    /// entry's full path.
+    fn place_of<'c>(
+        &mut self,
+        name: &[u8],
+        comps: &[&'c [u8]],
+    ) -> Result<(Option<DirFd>, &'c [u8], PathBuf), ArchiveError> {
+        let parent = self.parent(name, comps, true)?;
+        let (dir_comps, leaf) = comps.split_at(comps.len() - 1);
+        let fd = self.dir_fd(name, dir_comps)?;
+        Ok((fd, leaf[0], parent.join(OsStr::from_bytes(leaf[0]))))
     }
 
     pub(super) fn dir(
@@ -416,23 +435,26 @@ impl Disk {
         comps: &[&[u8]],
         meta: &Meta,
     ) -> Result<(), ArchiveError> {
-        let path = self
-            .parent(name, comps, true)?
-            .join(OsStr::from_bytes(comps[comps.len() - 1]));
-        match fs::symlink_metadata(&path) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => {
-                Self::clear(&path)?;
-                fs::create_dir(&path).map_err(|e| ArchiveError::io("create", &path, e))?;
+        let (fd, leaf, path) = self.place_of(name, comps)?;
+        let make = |fd: Option<&DirFd>| match fd {
+            Some(fd) => {
+                rustix::fs::mkdirat(fd, leaf, rustix::fs::Mode::from_raw_mode(0o777)).map_err(errno)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&path).map_err(|e| ArchiveError::io("create", &path, e))?;
+            None => fs::create_dir(&path),
+        };
+        match lstat(fd.as_ref(), leaf, &path) {
+            Ok(Some(true)) => {}
+            Ok(Some(false)) => {
+                Self::clear(fd.as_ref(), leaf, &path)?;
+                make(fd.as_ref()).map_err(|e| ArchiveError::io("create", &path, e))?;
             }
+            Ok(None) => make(fd.as_ref()).map_err(|e| ArchiveError::io("create", &path, e))?,
             Err(e) => return Err(ArchiveError::io("stat", &path, e)),
         }
         self.known_dirs.insert(path.clone());
         self.dirs.push(PendingDir {
             path,
+            rel: comps.join(&b'/'),
             mode: meta.mode,
             uid: meta.uid,
             gid: meta.gid,
@@ -453,18 +475,16 @@ impl Disk {
         meta: &Meta,
         buf: &mut [u8],
     ) -> Result<(u64, Option<String>), ArchiveError> {
-        let parent = self.parent(name, comps, true)?;
-        let (dir_comps, leaf) = comps.split_at(comps.len() - 1);
-        let leaf = leaf[0];
-        let path = parent.join(OsStr::from_bytes(leaf));
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+        let (fd, leaf, path) = self.place_of(name, comps)?;
+        let parent = path.parent().unwrap_or(&self.root).to_owned();
+        let dir_comps = &comps[..comps.len() - 1];
+        if lstat(fd.as_ref(), leaf, &path).is_ok_and(|d| d == Some(true)) {
             return Err(ArchiveError::io(
                 "replace",
                 &path,
                 io::Error::new(io::ErrorKind::IsADirectory, "a directory is in the way"),
             ));
         }
-        let fd = self.dir_fd(name, dir_comps)?;
         let mut partial =
             Partial::create(&parent, fd.as_ref(), leaf, |n| tree.holds(dir_comps, n))?;
         let written = copy_data(
@@ -508,18 +528,35 @@ impl Disk {
         target: &[u8],
         meta: &Meta,
     ) -> Result<(), ArchiveError> {
-        let path = self
-            .parent(name, comps, true)?
-            .join(OsStr::from_bytes(comps[comps.len() - 1]));
-        Self::clear(&path)?;
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
-            .map_err(|e| ArchiveError::io("create symlink", &path, e))?;
+        use rustix::fs::AtFlags;
+        let (fd, leaf, path) = self.place_of(name, comps)?;
+        Self::clear(fd.as_ref(), leaf, &path)?;
+        let made = match &fd {
+            Some(fd) => rustix::fs::symlinkat(target, fd, leaf).map_err(errno),
+            None => std::os::unix::fs::symlink(OsStr::from_bytes(target), &path),
+        };
+        made.map_err(|e| ArchiveError::io("create symlink", &path, e))?;
         if self.owners {
-            std::os::unix::fs::lchown(&path, Some(meta.uid as u32), Some(meta.gid as u32))
-                .map_err(|e| ArchiveError::io("chown", &path, e))?;
+            let owned = match &fd {
+                Some(fd) => {
+                    let (uid, gid) = ids(meta.uid, meta.gid);
+                    rustix::fs::chownat(fd, leaf, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(errno)
+                }
+                None => {
+                    std::os::unix::fs::lchown(&path, Some(meta.uid as u32), Some(meta.gid as u32))
+                }
+            };
+            owned.map_err(|e| ArchiveError::io("chown", &path, e))?;
         }
-        filetime::set_symlink_file_times(&path, meta.mtime, meta.mtime)
-            .map_err(|e| ArchiveError::io("set mtime of", &path, e))
+        let timed = match &fd {
+            Some(fd) => {
+                rustix::fs::utimensat(fd, leaf, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(errno)
+            }
+            None => filetime::set_symlink_file_times(&path, meta.mtime, meta.mtime),
+        };
+        timed.map_err(|e| ArchiveError::io("set mtime of", &path, e))
     }
 
     pub(super) fn hard_link(
@@ -528,43 +565,141 @@ impl Disk {
         comps: &[&[u8]],
         target: &[u8],
     ) -> Result<(), ArchiveError> {
-        let path = self
-            .parent(name, comps, true)?
-            .join(OsStr::from_bytes(comps[comps.len() - 1]));
         let tcomps = safe_components(target).map_err(|r| hostile(name, r))?;
         let source = self
             .parent(name, &tcomps, false)?
             .join(OsStr::from_bytes(tcomps[tcomps.len() - 1]));
-        match fs::symlink_metadata(&source) {
-            Ok(md) if !md.is_dir() => {}
-            Ok(_) => {
+        let source_fd = self.dir_fd(name, &tcomps[..tcomps.len() - 1])?;
+        let source_leaf = tcomps[tcomps.len() - 1];
+        match lstat(source_fd.as_ref(), source_leaf, &source) {
+            Ok(Some(false)) => {}
+            Ok(Some(true)) => {
                 return Err(ArchiveError::io(
                     "link to",
                     &source,
                     io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"),
                 ));
             }
+            Ok(None) => {
+                return Err(ArchiveError::io(
+                    "stat",
+                    &source,
+                    io::Error::from(io::ErrorKind::NotFound),
+                ));
+            }
             Err(e) => return Err(ArchiveError::io("stat", &source, e)),
         }
-        Self::clear(&path)?;
-        fs::hard_link(&source, &path).map_err(|e| ArchiveError::io("create hard link", &path, e))
+        let (fd, leaf, path) = self.place_of(name, comps)?;
+        Self::clear(fd.as_ref(), leaf, &path)?;
+        // linkat without AT_SYMLINK_FOLLOW links the name itself, never a symlink's target.
+        let linked = match (&source_fd, &fd) {
+            (Some(from), Some(to)) => {
+                rustix::fs::linkat(from, source_leaf, to, leaf, rustix::fs::AtFlags::empty())
+                    .map_err(errno)
+            }
+            _ => fs::hard_link(&source, &path),
+        };
+        linked.map_err(|e| ArchiveError::io("create hard link", &path, e))
     }
 
     /// Applies directories' owners, modes and mtimes, deepest first, once their
-    /// contents are in place.
+    /// contents are in place: each directory opened beneath the root by the kernel
+    /// (`openat2`, no symlink followed) and changed through its handle; by path where
+    /// `openat2` is unavailable or the directory cannot be opened for reading.
     pub(super) fn finish_dirs(&mut self) -> Result<(), ArchiveError> {
         self.dirs
             .sort_by_key(|d| std::cmp::Reverse(d.path.as_os_str().len()));
-        for d in &self.dirs {
-            if self.owners {
-                std::os::unix::fs::lchown(&d.path, Some(d.uid as u32), Some(d.gid as u32))
-                    .map_err(|e| ArchiveError::io("chown", &d.path, e))?;
+        let dirs = std::mem::take(&mut self.dirs);
+        for d in &dirs {
+            match self.open_dir(d)? {
+                Some(fd) => {
+                    if self.owners {
+                        let (uid, gid) = ids(d.uid, d.gid);
+                        rustix::fs::fchown(&fd, Some(uid), Some(gid))
+                            .map_err(|e| ArchiveError::io("chown", &d.path, errno(e)))?;
+                    }
+                    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(d.mode & 0o7777))
+                        .map_err(|e| ArchiveError::io("chmod", &d.path, errno(e)))?;
+                    rustix::fs::futimens(&fd, &timestamps(d.mtime))
+                        .map_err(|e| ArchiveError::io("set mtime of", &d.path, errno(e)))?;
+                }
+                None => {
+                    if self.owners {
+                        std::os::unix::fs::lchown(&d.path, Some(d.uid as u32), Some(d.gid as u32))
+                            .map_err(|e| ArchiveError::io("chown", &d.path, e))?;
+                    }
+                    fs::set_permissions(&d.path, Permissions::from_mode(d.mode & 0o7777))
+                        .map_err(|e| ArchiveError::io("chmod", &d.path, e))?;
+                    filetime::set_file_times(&d.path, d.mtime, d.mtime)
+                        .map_err(|e| ArchiveError::io("set mtime of", &d.path, e))?;
+                }
             }
-            fs::set_permissions(&d.path, Permissions::from_mode(d.mode & 0o7777))
-                .map_err(|e| ArchiveError::io("chmod", &d.path, e))?;
-            filetime::set_file_times(&d.path, d.mtime, d.mtime)
-                .map_err(|e| ArchiveError::io("set mtime of", &d.path, e))?;
         }
+        self.dirs = dirs;
         Ok(())
+    }
+
+    /// A restored directory opened for reading beneath the root (see [`DirFd`]); `None`
+    /// where `openat2` is unavailable, or the directory is not readable by this user.
+    fn open_dir(&mut self, d: &PendingDir) -> Result<Option<rustix::fd::OwnedFd>, ArchiveError> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        use rustix::io::Errno;
+        // The root handle is opened by `dir_fd` (every restored directory had one made).
+        if self.dir_fd(&d.rel, &[])?.is_none() {
+            return Ok(None);
+        }
+        let Some(root) = self.handles.root.as_ref() else {
+            return Ok(None);
+        };
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat2(root, d.rel.as_slice(), flags, Mode::empty(), how) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::ACCESS) => Ok(None),
+            Err(e @ (Errno::LOOP | Errno::XDEV | Errno::NOTDIR | Errno::NOENT)) => Err(hostile(
+                &d.rel,
+                format!(
+                    "{} changed during the restore ({}): a symlink or file was put in place of \
+                     a directory, and nothing is changed through it",
+                    d.path.display(),
+                    errno(e)
+                ),
+            )),
+            Err(e) => Err(ArchiveError::io("open", &d.path, errno(e))),
+        }
+    }
+}
+
+/// Whether `leaf` of `fd` (`path` without one) is a directory (`Some(true)`), something
+/// else (`Some(false)`), or absent; a symlink is never followed.
+fn lstat(fd: Option<&DirFd>, leaf: &[u8], path: &Path) -> io::Result<Option<bool>> {
+    let found = match fd {
+        Some(fd) => rustix::fs::statat(fd, leaf, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+            .map_err(errno),
+        None => fs::symlink_metadata(path).map(|m| m.is_dir()),
+    };
+    match found {
+        Ok(is_dir) => Ok(Some(is_dir)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn ids(uid: u64, gid: u64) -> (rustix::fs::Uid, rustix::fs::Gid) {
+    (
+        rustix::fs::Uid::from_raw(uid as u32),
+        rustix::fs::Gid::from_raw(gid as u32),
+    )
+}
+
+fn timestamps(t: FileTime) -> rustix::fs::Timestamps {
+    let at = rustix::fs::Timespec {
+        tv_sec: t.unix_seconds(),
+        tv_nsec: t.nanoseconds().into(),
+    };
+    rustix::fs::Timestamps {
+        last_access: at,
+        last_modification: at,
     }
 }

@@ -24,11 +24,13 @@
 //!
 //! Writing adds checks of what the target held before (with `--force`): every parent is
 //! checked with `lstat` (once per directory) and never followed when it is a symlink,
-//! and no directory is replaced. Regular files are then made and renamed through their
-//! directory opened by the kernel beneath the target with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS)`, so a symlink swapped into the path after the check is refused
-//! too (where the kernel has no `openat2`, paths are used). Symlink targets are data and are restored verbatim, since they are never
-//! followed here. The model keeps a 16-byte digest of each name and its kind, about 40
+//! and no directory is replaced. Every entry (regular files, made and renamed; symlinks;
+//! hard links; directories) is then made through its directory opened by the kernel
+//! beneath the target with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, and each
+//! directory's owner, mode and mtime are set through its own handle, so a symlink
+//! swapped into the path after the check is refused too (where the kernel has no
+//! `openat2`, paths are used). Symlink targets are data and are restored verbatim, since
+//! they are never followed here. The model keeps a 16-byte digest of each name and its kind, about 40
 //! bytes an entry.
 //!
 //! # What a failed or killed restore leaves

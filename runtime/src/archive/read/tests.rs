@@ -402,3 +402,74 @@ fn files_are_made_through_directories_the_kernel_opened_beneath_the_root() {
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 }
+
+#[test]
+fn links_directories_and_their_modes_go_through_the_kernel_too() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(root.join("real")).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::write(root.join("real/f"), b"data").unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("swapped")).unwrap();
+    let mut disk = super::disk::Disk {
+        root: root.clone(),
+        owners: false,
+        keep_setuid: false,
+        only: None,
+        dirs: Vec::new(),
+        known_dirs: std::collections::HashSet::new(),
+        handles: Default::default(),
+    };
+    if disk.dir_fd(b"real", &[]).unwrap().is_none() {
+        eprintln!("not applicable: openat2 is not available here");
+        return;
+    }
+    let meta = super::disk::Meta {
+        mode: 0o700,
+        uid: 0,
+        gid: 0,
+        mtime: FileTime::from_unix_time(1_000_000, 5),
+        size: 0,
+    };
+    // Made through the handles: a symlink (its own mtime), a hard link, a directory.
+    disk.symlink(b"real/l", &[b"real", b"l"], b"f", &meta)
+        .unwrap();
+    assert_eq!(fs::read_link(root.join("real/l")).unwrap(), Path::new("f"));
+    let lmeta = fs::symlink_metadata(root.join("real/l")).unwrap();
+    assert_eq!(FileTime::from_last_modification_time(&lmeta), meta.mtime);
+    disk.hard_link(b"real/h", &[b"real", b"h"], b"real/f")
+        .unwrap();
+    assert_eq!(fs::read(root.join("real/h")).unwrap(), b"data");
+    disk.dir(b"real/d", &[b"real", b"d"], &meta).unwrap();
+    disk.finish_dirs().unwrap();
+    let dmeta = fs::metadata(root.join("real/d")).unwrap();
+    assert_eq!(dmeta.permissions().mode() & 0o7777, 0o700);
+    assert_eq!(FileTime::from_last_modification_time(&dmeta), meta.mtime);
+
+    // The walk saw a directory at `swapped` (as if a symlink was swapped in after it):
+    // the kernel refuses to resolve through it, and nothing is made or changed outside.
+    disk.known_dirs.insert(root.join("swapped"));
+    let refused = |r: Result<(), ArchiveError>| {
+        let err = r.unwrap_err();
+        assert!(
+            err.to_string().contains("changed during the restore"),
+            "{err}"
+        );
+    };
+    refused(disk.symlink(b"swapped/l", &[b"swapped", b"l"], b"x", &meta));
+    refused(disk.hard_link(b"swapped/h", &[b"swapped", b"h"], b"real/f"));
+    refused(disk.hard_link(b"real/h2", &[b"real", b"h2"], b"swapped/f"));
+    refused(disk.dir(b"swapped/d", &[b"swapped", b"d"], &meta));
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    // A directory swapped for a symlink before its mode is set: refused, not followed.
+    disk.dirs.clear();
+    disk.dir(b"real/d2", &[b"real", b"d2"], &meta).unwrap();
+    fs::rename(root.join("real/d2"), tmp.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("real/d2")).unwrap();
+    refused(disk.finish_dirs());
+    let omode = fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(omode, 0o755);
+}
