@@ -1,7 +1,7 @@
-//! The daemon (`tierkeep run`) as a real process against the S3 fixture (Garage in CI):
-//! short real intervals, SIGTERM during an upload, kill -9 at random moments, black-box
-//! pressure with the server stopped, hooks, and `/metrics` + `/healthz` agreeing with
-//! `list` and `status`.
+//! The daemon (`tierkeep run`) as a real process against the S3 fixture (Garage in a
+//! container in CI): short real intervals, SIGTERM during an upload, kill -9 at random
+//! moments, black-box pressure with the server stopped, hooks, and `/metrics` +
+//! `/healthz` agreeing with `list` and `status`.
 
 #[path = "../support/s3.rs"]
 mod s3;

@@ -1,6 +1,7 @@
 //! The deletion and reserved zones on a real S3 server (the fixture of
-//! `support/s3.rs`: an external server, MinIO in Docker, Garage, or an in-process s3s-fs
-//! server, in that order of preference). The same cases run on each.
+//! `support/s3.rs`: an external server, MinIO or Garage in a container through
+//! testcontainers, a Garage process, or an in-process s3s-fs server, in that order of
+//! preference). The same cases run on each.
 
 #[path = "../support/s3.rs"]
 mod s3;
