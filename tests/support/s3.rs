@@ -226,18 +226,14 @@ fn start_container(socket: &Path) -> S3 {
                         container.id(),
                         socket.display()
                     );
-                    let reaper = reaper(socket, container.id());
-                    return S3 {
-                        kind: Kind::MinioContainer,
-                        endpoint: format!("http://127.0.0.1:{port}"),
-                        region: "us-east-1".into(),
-                        access_key: user.into(),
-                        secret_key: pass,
-                        inner: Mutex::new(Inner::Container {
-                            container: Box::new(container),
-                            _reaper: reaper,
-                        }),
-                    };
+                    return in_container(
+                        Kind::MinioContainer,
+                        socket,
+                        container,
+                        port,
+                        "us-east-1",
+                        (user.into(), pass),
+                    );
                 }
                 Err(e) => MINIO_UNAVAILABLE.get_or_init(|| e.to_string()).clone(),
             }
@@ -268,7 +264,6 @@ fn start_container(socket: &Path) -> S3 {
                 socket.display()
             )
         });
-    let reaper = reaper(socket, container.id());
     wait_for_port(port, "Garage");
     announce!(
         "S3 fixture: Garage in container {} (testcontainers, {}, image {image}; MinIO: \
@@ -276,12 +271,33 @@ fn start_container(socket: &Path) -> S3 {
         container.id(),
         socket.display()
     );
+    in_container(
+        Kind::GarageContainer,
+        socket,
+        container,
+        port,
+        "garage",
+        (key_id, secret),
+    )
+}
+
+/// The fixture of a started container whose S3 port is mapped to `port` on loopback,
+/// with the watcher that removes it once this test process is gone.
+fn in_container(
+    kind: Kind,
+    socket: &Path,
+    container: testcontainers::Container<testcontainers::GenericImage>,
+    port: u16,
+    region: &str,
+    (access_key, secret_key): (String, String),
+) -> S3 {
+    let reaper = reaper(socket, container.id());
     S3 {
-        kind: Kind::GarageContainer,
+        kind,
         endpoint: format!("http://127.0.0.1:{port}"),
-        region: "garage".into(),
-        access_key: key_id,
-        secret_key: secret,
+        region: region.into(),
+        access_key,
+        secret_key,
         inner: Mutex::new(Inner::Container {
             container: Box::new(container),
             _reaper: reaper,

@@ -344,38 +344,57 @@ impl Disk {
         name: &[u8],
         dir_comps: &[&[u8]],
     ) -> Result<Option<DirFd>, ArchiveError> {
+        use rustix::fs::OFlags;
+        let rel = if dir_comps.is_empty() {
+            b".".to_vec()
+        } else {
+            dir_comps.join(&b'/')
+        };
+        if let Some((last, fd)) = &self.handles.last
+            && *last == rel
+        {
+            return Ok(Some(fd.clone()));
+        }
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Some(fd) = self.beneath(name, &rel, flags)? else {
+            return Ok(None);
+        };
+        let fd: DirFd = std::sync::Arc::new(fd);
+        self.handles.last = Some((rel, fd.clone()));
+        Ok(Some(fd))
+    }
+
+    /// Opens `rel` (below the root) with `flags`, resolved by the kernel beneath the root
+    /// without following any symlink (`openat2`); `None` where `openat2` is unavailable
+    /// (remembered for the rest of the restore). What is not a directory there now was
+    /// swapped in during the restore: refused as hostile.
+    fn beneath(
+        &mut self,
+        name: &[u8],
+        rel: &[u8],
+        flags: rustix::fs::OFlags,
+    ) -> Result<Option<rustix::fd::OwnedFd>, ArchiveError> {
         use rustix::fs::{Mode, OFlags, ResolveFlags};
         use rustix::io::Errno;
         let h = &mut self.handles;
         if h.unsupported {
             return Ok(None);
         }
-        let rel = if dir_comps.is_empty() {
-            b".".to_vec()
-        } else {
-            dir_comps.join(&b'/')
-        };
-        if let Some((last, fd)) = &h.last
-            && *last == rel
-        {
-            return Ok(Some(fd.clone()));
-        }
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         if h.root.is_none() {
-            let root = rustix::fs::open(&self.root, flags, Mode::empty())
-                .map_err(|e| ArchiveError::io("open", &self.root, errno(e)))?;
+            let root = rustix::fs::open(
+                &self.root,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| ArchiveError::io("open", &self.root, errno(e)))?;
             h.root = Some(root);
         }
         let Some(root) = h.root.as_ref() else {
             return Ok(None);
         };
         let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(root, rel.as_slice(), flags, Mode::empty(), how) {
-            Ok(fd) => {
-                let fd: DirFd = std::sync::Arc::new(fd);
-                h.last = Some((rel, fd.clone()));
-                Ok(Some(fd))
-            }
+        match rustix::fs::openat2(root, rel, flags, Mode::empty(), how) {
+            Ok(fd) => Ok(Some(fd)),
             Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
                 tracing::debug!("openat2 is not available: the restore resolves paths itself");
                 h.unsupported = true;
@@ -386,13 +405,13 @@ impl Disk {
                 format!(
                     "{} changed during the restore ({}): a symlink or file was put in place of \
                      a directory, and nothing is written through it",
-                    self.root.join(OsStr::from_bytes(&rel)).display(),
+                    self.root.join(OsStr::from_bytes(rel)).display(),
                     errno(e)
                 ),
             )),
             Err(e) => Err(ArchiveError::io(
                 "open",
-                self.root.join(OsStr::from_bytes(&rel)),
+                self.root.join(OsStr::from_bytes(rel)),
                 errno(e),
             )),
         }
@@ -639,33 +658,19 @@ impl Disk {
         Ok(())
     }
 
-    /// A restored directory opened for reading beneath the root (see [`DirFd`]); `None`
-    /// where `openat2` is unavailable, or the directory is not readable by this user.
+    /// A restored directory opened for reading beneath the root (see [`Disk::beneath`]);
+    /// `None` where `openat2` is unavailable, or the directory is not readable by this
+    /// user.
     fn open_dir(&mut self, d: &PendingDir) -> Result<Option<rustix::fd::OwnedFd>, ArchiveError> {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
-        use rustix::io::Errno;
-        // The root handle is opened by `dir_fd` (every restored directory had one made).
-        if self.dir_fd(&d.rel, &[])?.is_none() {
-            return Ok(None);
-        }
-        let Some(root) = self.handles.root.as_ref() else {
-            return Ok(None);
-        };
-        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        use rustix::fs::OFlags;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        match rustix::fs::openat2(root, d.rel.as_slice(), flags, Mode::empty(), how) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(Errno::ACCESS) => Ok(None),
-            Err(e @ (Errno::LOOP | Errno::XDEV | Errno::NOTDIR | Errno::NOENT)) => Err(hostile(
-                &d.rel,
-                format!(
-                    "{} changed during the restore ({}): a symlink or file was put in place of \
-                     a directory, and nothing is changed through it",
-                    d.path.display(),
-                    errno(e)
-                ),
-            )),
-            Err(e) => Err(ArchiveError::io("open", &d.path, errno(e))),
+        match self.beneath(&d.rel, &d.rel, flags) {
+            Err(ArchiveError::Io { cause, .. })
+                if cause.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                Ok(None)
+            }
+            other => other,
         }
     }
 }

@@ -370,6 +370,19 @@ fn pax_times_parse() {
     assert_eq!(parse_pax_time(b"x"), None);
 }
 
+/// The writing side of a restore into `root`, as its unit tests drive it.
+fn disk_at(root: &Path) -> super::disk::Disk {
+    super::disk::Disk {
+        root: root.to_path_buf(),
+        owners: false,
+        keep_setuid: false,
+        only: None,
+        dirs: Vec::new(),
+        known_dirs: std::collections::HashSet::new(),
+        handles: Default::default(),
+    }
+}
+
 #[test]
 fn files_are_made_through_directories_the_kernel_opened_beneath_the_root() {
     let tmp = tempfile::tempdir().unwrap();
@@ -378,15 +391,7 @@ fn files_are_made_through_directories_the_kernel_opened_beneath_the_root() {
     fs::create_dir_all(root.join("real")).unwrap();
     fs::create_dir(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, root.join("swapped")).unwrap();
-    let mut disk = super::disk::Disk {
-        root: root.clone(),
-        owners: false,
-        keep_setuid: false,
-        only: None,
-        dirs: Vec::new(),
-        known_dirs: std::collections::HashSet::new(),
-        handles: Default::default(),
-    };
+    let mut disk = disk_at(&root);
     // A directory that is one resolves (where openat2 exists at all).
     let real = disk.dir_fd(b"real/f", &[b"real"]).unwrap();
     if let Some(fd) = real {
@@ -414,15 +419,7 @@ fn links_directories_and_their_modes_go_through_the_kernel_too() {
     fs::write(root.join("real/f"), b"data").unwrap();
     fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::symlink(&outside, root.join("swapped")).unwrap();
-    let mut disk = super::disk::Disk {
-        root: root.clone(),
-        owners: false,
-        keep_setuid: false,
-        only: None,
-        dirs: Vec::new(),
-        known_dirs: std::collections::HashSet::new(),
-        handles: Default::default(),
-    };
+    let mut disk = disk_at(&root);
     if disk.dir_fd(b"real", &[]).unwrap().is_none() {
         eprintln!("not applicable: openat2 is not available here");
         return;
