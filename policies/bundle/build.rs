@@ -140,6 +140,11 @@ fn run() -> Result<(), String> {
         "cargo:rerun-if-changed={}",
         root.join("Cargo.lock").display()
     );
+    // The workspace manifest holds the `policy` profile the components are built with.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.toml").display()
+    );
     for (_, _, dir) in &crates {
         println!("cargo:rerun-if-changed={}", dir.join("src").display());
         println!(

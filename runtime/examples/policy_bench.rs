@@ -100,6 +100,14 @@ fn main() {
         recent: Vec::new(),
         settings: String::new(),
     };
+    println!(
+        "list decisions through {}",
+        if policy.packed() {
+            "tierkeep:policy/policy-packed"
+        } else {
+            "tierkeep:policy/policy (no policy-packed export)"
+        }
+    );
     let bare = time(200, || policy.interval(&ctx(10)).expect("interval"));
     println!("bare call (new store, instantiate, interval) {bare:>10.1} µs");
     println!("eviction over N backups (median µs): wasm / native built-in");
@@ -168,6 +176,10 @@ fn main() {
         ],
         settings: String::new(),
     };
+    // On its own engine and load, as `policy simulate` runs in its own process: a slot
+    // that ran the 100,000-backup decision above keeps more memory to reset.
+    let fresh = tierkeep::policy::engine().expect("engine");
+    let policy = WasmPolicy::load(&fresh, path, "", Some(cache.path())).expect("load");
     let t = Instant::now();
     let wasm = simulate(&params, &policy);
     let wasm_s = t.elapsed().as_secs_f64();

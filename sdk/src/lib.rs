@@ -29,6 +29,7 @@
 //! assert_eq!(tierkeep_sdk::testing::interval::<Quarterly>(&ctx), 15 * 60_000);
 //! ```
 
+pub mod arena;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod sim;
 pub mod testing;
@@ -39,7 +40,7 @@ pub mod wit {
     //! The bindings generated from `sdk/wit` (the one copy of the contract).
     wit_bindgen::generate!({
         path: "wit",
-        world: "policy-module",
+        world: "policy-module-packed",
         pub_export_macro: true,
         export_macro_name: "__export_policy_module",
         default_bindings_module: "tierkeep_sdk::wit",
@@ -47,6 +48,8 @@ pub mod wit {
 }
 
 use serde::de::DeserializeOwned;
+
+pub use arena::DecisionAllocator;
 
 pub use wit::tierkeep::policy::log::Level;
 pub use wit::tierkeep::policy::types::{
@@ -202,7 +205,8 @@ pub fn parse_settings<S: DeserializeOwned + Default>(json: &str) -> Result<S, St
 pub mod __private {
     //! What [`crate::export_policy!`] and the native test helpers call: the same code
     //! path natively and in wasm.
-    use super::{Backup, Context, Policy, Room, parse_settings};
+    use super::{Backup, BackupKind, Context, Policy, Room, parse_settings};
+    use crate::wit::exports::tierkeep::policy::policy_packed::PackedBackups;
 
     fn settings<P: Policy>(ctx: &Context) -> P::Settings {
         match parse_settings::<P::Settings>(&ctx.settings) {
@@ -227,6 +231,37 @@ pub mod __private {
 
     pub fn eviction<P: Policy>(ctx: &Context, deletion: &[Backup], room: Room) -> Vec<String> {
         P::eviction(ctx, &settings::<P>(ctx), deletion, room)
+    }
+
+    /// The backups of a packed list (`policy-packed`). A list whose columns do not add
+    /// up is the host's bug: trap, and the host decides with its built-in rules.
+    pub fn unpack(list: &PackedBackups) -> Vec<Backup> {
+        let n = list.id_lens.len();
+        assert!(
+            list.kinds.len() == n && list.created_at.len() == n && list.size_bytes.len() == n,
+            "a packed backup list whose columns differ in length"
+        );
+        let mut rest = list.ids.as_str();
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let len = list.id_lens[i] as usize;
+            let (Some(id), Some(tail)) = (rest.get(..len), rest.get(len..)) else {
+                panic!("a packed backup list whose ids do not add up");
+            };
+            rest = tail;
+            out.push(Backup {
+                id: id.to_owned(),
+                kind: match list.kinds[i] {
+                    0 => BackupKind::Scheduled,
+                    1 => BackupKind::Manual,
+                    k => panic!("a packed backup of unknown kind {k}"),
+                },
+                created_at: list.created_at[i],
+                size_bytes: list.size_bytes[i],
+            });
+        }
+        assert!(rest.is_empty(), "a packed backup list with ids left over");
+        out
     }
 }
 
@@ -259,7 +294,101 @@ macro_rules! export_policy {
                     $crate::__private::eviction::<$policy>(&ctx, &deletion, room)
                 }
             }
+            impl $crate::wit::exports::tierkeep::policy::policy_packed::Guest for TierkeepExport {
+                fn aging(
+                    ctx: $crate::Context,
+                    black_box: $crate::wit::exports::tierkeep::policy::policy_packed::PackedBackups,
+                ) -> Vec<String> {
+                    let black_box = $crate::__private::unpack(&black_box);
+                    $crate::__private::aging::<$policy>(&ctx, &black_box)
+                }
+                fn eviction(
+                    ctx: $crate::Context,
+                    deletion: $crate::wit::exports::tierkeep::policy::policy_packed::PackedBackups,
+                    room: $crate::Room,
+                ) -> Vec<String> {
+                    let deletion = $crate::__private::unpack(&deletion);
+                    $crate::__private::eviction::<$policy>(&ctx, &deletion, room)
+                }
+            }
     $crate::wit::__export_policy_module!(TierkeepExport with_types_in $crate::wit);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::__private::unpack;
+    use super::{Backup, BackupKind};
+    use crate::wit::exports::tierkeep::policy::policy_packed::PackedBackups;
+
+    fn packed(ids: &[&str], kinds: Vec<u8>) -> PackedBackups {
+        PackedBackups {
+            ids: ids.concat(),
+            id_lens: ids.iter().map(|i| i.len() as u32).collect(),
+            created_at: (0..ids.len() as i64).collect(),
+            size_bytes: (0..ids.len() as u64).map(|i| i * 10).collect(),
+            kinds,
+        }
+    }
+
+    #[test]
+    fn a_packed_list_unpacks_into_the_backups_it_holds() {
+        let got = unpack(&packed(&["a", "bcd", ""], vec![0, 1, 0]));
+        let want = vec![
+            Backup {
+                id: "a".into(),
+                kind: BackupKind::Scheduled,
+                created_at: 0,
+                size_bytes: 0,
+            },
+            Backup {
+                id: "bcd".into(),
+                kind: BackupKind::Manual,
+                created_at: 1,
+                size_bytes: 10,
+            },
+            Backup {
+                id: String::new(),
+                kind: BackupKind::Scheduled,
+                created_at: 2,
+                size_bytes: 20,
+            },
+        ];
+        let fields = |l: &[Backup]| {
+            l.iter()
+                .map(|b| (b.id.clone(), b.kind, b.created_at, b.size_bytes))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fields(&got), fields(&want));
+        assert!(unpack(&packed(&[], vec![])).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "columns differ")]
+    fn columns_of_different_lengths_are_refused() {
+        unpack(&packed(&["a", "b"], vec![0]));
+    }
+
+    #[test]
+    #[should_panic(expected = "do not add up")]
+    fn ids_shorter_than_their_lengths_are_refused() {
+        let mut p = packed(&["a", "b"], vec![0, 0]);
+        p.id_lens[1] = 5;
+        unpack(&p);
+    }
+
+    #[test]
+    #[should_panic(expected = "left over")]
+    fn ids_longer_than_their_lengths_are_refused() {
+        let mut p = packed(&["a", "b"], vec![0, 0]);
+        p.ids.push('x');
+        unpack(&p);
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown kind")]
+    fn an_unknown_kind_is_refused() {
+        unpack(&packed(&["a"], vec![7]));
+    }
 }

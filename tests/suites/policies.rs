@@ -225,6 +225,59 @@ fn the_default_component_agrees_with_the_builtin_rules() {
     }
 }
 
+/// A module that exports only `tierkeep:policy/policy` (made before `policy-packed`
+/// existed) still loads, and its list decisions go through `policy`: it decides exactly
+/// as the built-in rules and the `default` component, whose list decisions go through
+/// `policy-packed`, over the same long timelines.
+#[test]
+fn a_module_without_the_packed_export_decides_through_policy() {
+    let old = load("fixture-unpacked", "");
+    let packed = load("default", "");
+    assert!(!old.packed(), "the fixture exports no policy-packed");
+    assert!(
+        packed.packed(),
+        "modules built with the SDK export policy-packed"
+    );
+    for (fail_rate, max_bytes, days) in [(0.0, None, 120), (0.1, Some(100 << 30), 60)] {
+        let params = sim_params(fail_rate, max_bytes, days);
+        let native = simulate(&params, &BuiltinRules);
+        let events = |r: &tierkeep::simulate::SimReport| {
+            r.events
+                .iter()
+                .map(|e| (e.at, e.kind, e.id.clone()))
+                .collect::<Vec<_>>()
+        };
+        for p in [&old, &packed] {
+            let r = simulate(&params, p);
+            assert_eq!(r.fallbacks, 0, "{:?}", r.first_fault);
+            assert_eq!(events(&native), events(&r), "{}", p.metadata.name);
+        }
+    }
+    // A long list both ways: the same eviction, a manual backup among them included.
+    let now = WED + 10 * H;
+    let mut del: Vec<BackupView> = (0..2000u64)
+        .map(|i| backup(WED - H * (i as u32 + 1), i))
+        .collect();
+    del[1999].kind = BackupKind::Manual;
+    let mut c = ctx(now, "", &[]);
+    c.zones[1].capacity.max_backups = 1990;
+    let room = Room {
+        backups: 1,
+        bytes: 1 << 20,
+    };
+    let want = Decider {
+        rules: &BuiltinRules,
+    }
+    .eviction(&c, &del, room)
+    .value;
+    assert_eq!(want.len(), 11);
+    for p in [&old, &packed] {
+        let got = Decider { rules: p }.eviction(&c, &del, room);
+        assert!(got.fault.is_none(), "{:?}", got.fault);
+        assert_eq!(got.value, want, "{}", p.metadata.name);
+    }
+}
+
 /// The lifecycle planner against the simulator it replaced: identical event streams for
 /// the shipped policies over 120 days, with and without failed attempts, with a count
 /// limit and a byte limit on the deletion zone.

@@ -162,6 +162,7 @@ impl Policy for BusinessHours {
 }
 
 tierkeep_sdk::export_policy!(BusinessHours);
+tierkeep_sdk::use_decision_allocator!();
 
 #[cfg(test)]
 mod tests {

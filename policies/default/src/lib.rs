@@ -23,6 +23,7 @@ impl Policy for DefaultRules {
 }
 
 tierkeep_sdk::export_policy!(DefaultRules);
+tierkeep_sdk::use_decision_allocator!();
 
 #[cfg(test)]
 mod tests {

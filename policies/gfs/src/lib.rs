@@ -123,6 +123,7 @@ impl Policy for Gfs {
 }
 
 tierkeep_sdk::export_policy!(Gfs);
+tierkeep_sdk::use_decision_allocator!();
 
 #[cfg(test)]
 mod tests {

@@ -7,8 +7,11 @@
 //! - **Instantiate per decision** from a pre-instantiated component, in a fresh `Store`
 //!   with a fuel budget ([`FUEL`]) and a memory cap ([`MEMORY_CAP`]), in a warm slot of
 //!   the pooling allocator ([`engine`]): nothing of one decision survives into the next,
-//!   and no memory is mapped or unmapped per decision. The only import a
+//!   and no memory is mapped, unmapped or protected per decision. The only import a
 //!   policy gets is `tierkeep:policy/log`: no WASI, so no clock, files or network.
+//! - **Packed lists**: where a module exports `tierkeep:policy/policy-packed` (modules
+//!   built with the SDK do), `aging` and `eviction` go through it, with the backup list
+//!   in columns; otherwise through `tierkeep:policy/policy`.
 //! - **Drop-in**: [`PolicyHost`] watches its policy file; a new or changed file is
 //!   compiled, its metadata read and its settings validated before it replaces the
 //!   running policy. A broken file never replaces a working one; it is reported.
@@ -21,9 +24,11 @@ mod wasm;
 use std::path::{Path, PathBuf};
 
 mod bindings {
+    // The world with both exports: the host requires `policy` and uses `policy-packed`
+    // where a module has it (each export is looked up on its own).
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
-        world: "policy-module",
+        world: "policy-module-packed",
     });
 }
 

@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use wasmtime::component::{Linker, types::ComponentItem};
+use wasmtime::component::{Instance, InstancePre, Linker, types::ComponentItem};
 use wasmtime::{Engine, ResourceLimiter, Store};
 
-use super::bindings::{self, PolicyModulePre};
+use super::bindings::exports::tierkeep::policy::{policy, policy_packed};
 use super::compile::{compile_cached, sha256_hex};
 use super::{ALLOWED_IMPORTS, FUEL, MEMORY_CAP, Metadata, PolicyError, SettingSpec, wit_log, wt};
 use crate::decision::{PolicyContext, PolicyFault, Room, Rules};
@@ -108,7 +108,12 @@ pub struct WasmPolicy {
     pub from_cache: bool,
     settings: String,
     engine: Engine,
-    pre: PolicyModulePre<State>,
+    pre: InstancePre<State>,
+    /// The `policy` export.
+    exports: policy::GuestIndices,
+    /// The `policy-packed` export, where the module has it (modules built with the SDK
+    /// do): the list decisions go through it.
+    packed: Option<policy_packed::GuestIndices>,
 }
 
 impl std::fmt::Debug for WasmPolicy {
@@ -180,11 +185,12 @@ impl WasmPolicy {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("cannot be linked: {e:#}")))?;
-        let pre = PolicyModulePre::new(pre).map_err(|e| {
+        let exports = policy::GuestIndices::new(&pre).map_err(|e| {
             invalid(format!(
                 "does not export the tierkeep:policy/policy@0.1.0 interface: {e:#}"
             ))
         })?;
+        let packed = policy_packed::GuestIndices::new(&pre).ok();
         let mut policy = WasmPolicy {
             path: path.to_owned(),
             sha256: sha256_hex(&bytes),
@@ -203,9 +209,11 @@ impl WasmPolicy {
             settings: settings.to_owned(),
             engine: engine.clone(),
             pre,
+            exports,
+            packed,
         };
         let m = policy
-            .call(|p, s| p.call_describe(s))
+            .call(|s, i| policy.exports.load(&mut *s, i)?.call_describe(s))
             .map_err(|f| invalid(format!("describe: {f}")))?;
         policy.metadata = Metadata {
             name: m.name,
@@ -224,19 +232,38 @@ impl WasmPolicy {
         };
         let settings = settings.to_owned();
         policy
-            .call(|p, s| p.call_validate_settings(s, &settings))
+            .call(|s, i| {
+                policy
+                    .exports
+                    .load(&mut *s, i)?
+                    .call_validate_settings(s, &settings)
+            })
             .map_err(|f| invalid(format!("validate-settings: {f}")))?
             .map_err(|e| invalid(format!("settings refused: {e}")))?;
+        // A `policy-packed` export of the wrong shape is not used; `policy` decides.
+        if let Some(packed) = &policy.packed
+            && let Err(e) = policy.call(|s, i| packed.load(s, i).map(drop))
+        {
+            tracing::warn!(
+                policy = %policy.metadata.name,
+                "its tierkeep:policy/policy-packed export does not match the contract ({e}); \
+                 using tierkeep:policy/policy alone"
+            );
+            policy.packed = None;
+        }
         Ok(policy)
     }
 
-    /// Runs one export in a fresh store with the fuel and memory limits.
+    /// Whether the list decisions go through the module's `policy-packed` export.
+    pub fn packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Runs one export in a fresh instance, in a fresh store with the fuel and memory
+    /// limits.
     fn call<T>(
         &self,
-        f: impl FnOnce(
-            &bindings::exports::tierkeep::policy::policy::Guest,
-            &mut Store<State>,
-        ) -> wasmtime::Result<T>,
+        f: impl FnOnce(&mut Store<State>, &Instance) -> wasmtime::Result<T>,
     ) -> Result<T, PolicyFault> {
         let mut store = Store::new(
             &self.engine,
@@ -269,7 +296,7 @@ impl WasmPolicy {
             Ok(i) => i,
             Err(e) => return Err(fault(&store, e)),
         };
-        match f(instance.tierkeep_policy_policy(), &mut store) {
+        match f(&mut store, &instance) {
             Ok(v) => Ok(v),
             Err(e) => Err(fault(&store, e)),
         }
@@ -330,18 +357,45 @@ fn to_wit_context(ctx: &PolicyContext, settings: &str) -> wt::Context {
     }
 }
 
+fn to_wit_kind(kind: BackupKind) -> wt::BackupKind {
+    match kind {
+        BackupKind::Scheduled => wt::BackupKind::Scheduled,
+        BackupKind::Manual => wt::BackupKind::Manual,
+    }
+}
+
 fn to_wit_backups(list: &[BackupView]) -> Vec<wt::Backup> {
     list.iter()
         .map(|b| wt::Backup {
             id: b.id.to_string(),
-            kind: match b.kind {
-                BackupKind::Scheduled => wt::BackupKind::Scheduled,
-                BackupKind::Manual => wt::BackupKind::Manual,
-            },
+            kind: to_wit_kind(b.kind),
             created_at: ms(b.created_at),
             size_bytes: b.size_bytes,
         })
         .collect()
+}
+
+/// A backup list packed for `policy-packed`, column by column.
+fn to_packed_backups(list: &[BackupView]) -> policy_packed::PackedBackups {
+    let mut p = policy_packed::PackedBackups {
+        ids: String::with_capacity(list.iter().map(|b| b.id.as_str().len()).sum()),
+        id_lens: Vec::with_capacity(list.len()),
+        kinds: Vec::with_capacity(list.len()),
+        created_at: Vec::with_capacity(list.len()),
+        size_bytes: Vec::with_capacity(list.len()),
+    };
+    for b in list {
+        let id = b.id.as_str();
+        p.ids.push_str(id);
+        p.id_lens.push(u32::try_from(id.len()).unwrap_or(u32::MAX));
+        p.kinds.push(match b.kind {
+            BackupKind::Scheduled => 0,
+            BackupKind::Manual => 1,
+        });
+        p.created_at.push(ms(b.created_at));
+        p.size_bytes.push(b.size_bytes);
+    }
+    p
 }
 
 impl Rules for WasmPolicy {
@@ -351,7 +405,7 @@ impl Rules for WasmPolicy {
 
     fn interval(&self, ctx: &PolicyContext) -> Result<u64, PolicyFault> {
         let c = self.context(ctx);
-        self.call(|p, s| p.call_interval(s, &c))
+        self.call(|s, i| self.exports.load(&mut *s, i)?.call_interval(s, &c))
     }
 
     fn aging(
@@ -360,8 +414,12 @@ impl Rules for WasmPolicy {
         black_box: &[BackupView],
     ) -> Result<Vec<String>, PolicyFault> {
         let c = self.context(ctx);
+        if let Some(packed) = &self.packed {
+            let list = to_packed_backups(black_box);
+            return self.call(|s, i| packed.load(&mut *s, i)?.call_aging(s, &c, &list));
+        }
         let list = to_wit_backups(black_box);
-        self.call(|p, s| p.call_aging(s, &c, &list))
+        self.call(|s, i| self.exports.load(&mut *s, i)?.call_aging(s, &c, &list))
     }
 
     fn eviction(
@@ -371,11 +429,19 @@ impl Rules for WasmPolicy {
         room: Room,
     ) -> Result<Vec<String>, PolicyFault> {
         let c = self.context(ctx);
-        let list = to_wit_backups(deletion);
         let room = wt::Room {
             backups: room.backups,
             bytes: room.bytes,
         };
-        self.call(|p, s| p.call_eviction(s, &c, &list, room))
+        if let Some(packed) = &self.packed {
+            let list = to_packed_backups(deletion);
+            return self.call(|s, i| packed.load(&mut *s, i)?.call_eviction(s, &c, &list, room));
+        }
+        let list = to_wit_backups(deletion);
+        self.call(|s, i| {
+            self.exports
+                .load(&mut *s, i)?
+                .call_eviction(s, &c, &list, room)
+        })
     }
 }
