@@ -355,7 +355,11 @@ pub fn verify_file(
     expected: &(u64, String),
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), ArchiveError> {
-    let actual = hash_file(path, progress)?;
+    check_digest(expected, hash_file(path, progress)?)
+}
+
+/// Compares a copy's (bytes, hex SHA-256) with the `expected` ones.
+pub fn check_digest(expected: &(u64, String), actual: (u64, String)) -> Result<(), ArchiveError> {
     if actual.0 != expected.0 || !actual.1.eq_ignore_ascii_case(&expected.1) {
         return Err(ArchiveError::Mismatch {
             expected_bytes: expected.0,

@@ -28,7 +28,7 @@ use crate::ops::{OpsError, Tierkeep};
 use crate::plan::{Action, Plan, State, plan_room, plan_tick};
 use crate::policy::Measured;
 use crate::progress::Progress;
-use crate::store::{self, BackupKey, StoreError};
+use crate::store::{BackupKey, StoreError};
 
 /// What one pass of aging and eviction did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -273,7 +273,7 @@ impl Tierkeep {
                 )
                 .await?;
             faults::point("move.after_upload")?;
-            self.verify_copy(rec, &stored, &key, progress).await?;
+            self.verify_copy(&stored, &key, progress).await?;
             faults::point("move.after_verify")?;
             dst.put_manifest(&stored).await?;
             Ok(stored)
@@ -327,30 +327,21 @@ impl Tierkeep {
     }
 
     /// Re-reads the uploaded copy in the deletion zone and compares it with its
-    /// manifest `stored` (an encrypted copy's ciphertext hash needs no key).
+    /// manifest `stored` (an encrypted copy's ciphertext hash needs no key). Read and
+    /// hashed as it arrives: nothing is written locally.
     async fn verify_copy(
         &self,
-        rec: &Record,
         stored: &Manifest,
         key: &BackupKey,
         progress: &Progress,
     ) -> Result<(), OpsError> {
         let dst = self.store(Zone::Deletion);
-        let dest = self.staging()?.join(format!(
-            "{}-{}.verify.partial",
-            self.settings.host_id, rec.id
-        ));
-        let copy = store::readable_copy(
-            dst.as_ref(),
-            key,
-            stored.archive_name(),
-            &dest,
-            progress.callback(),
-        )
-        .await?;
+        progress.phase("verify", stored.archive_bytes);
+        let actual = dst
+            .digest_archive(key, stored.archive_name(), progress.callback())
+            .await?;
         let expected = (stored.archive_bytes, stored.archive_sha256.clone());
-        self.verify_file_of(expected, copy.path(), &Progress::hidden())
-            .await
+        Ok(crate::archive::check_digest(&expected, actual)?)
     }
 
     /// Carries out `plan`'s steps in order, stopping at the first that fails. The

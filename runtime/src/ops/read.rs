@@ -10,7 +10,7 @@ use super::{OpsError, Tierkeep, io_err};
 use crate::archive::read::{
     ArchiveSource, ExtractOptions, ExtractSummary, check_archive, extract, running_as_root,
 };
-use crate::archive::{ArchiveError, verify_file};
+use crate::archive::{ArchiveError, check_digest, verify_file};
 use crate::catalog::{Record, State};
 use crate::domain::Zone;
 use crate::progress::Progress;
@@ -308,8 +308,18 @@ impl Tierkeep {
                 rec.zone
             )));
         }
+        let expected = (rec.size_bytes, rec.sha256.clone());
+        if !deep {
+            // The stored bytes against the manifest, hashed as they are read: nothing is
+            // written locally.
+            progress.phase("verify", rec.size_bytes);
+            let actual = store
+                .digest_archive(&key, rec.manifest.archive_name(), progress.callback())
+                .await?;
+            return Ok(check_digest(&expected, actual)?);
+        }
         // A deep check of an encrypted backup needs its identity before anything.
-        let decrypt = if deep { self.decrypt_for(rec)? } else { None };
+        let decrypt = self.decrypt_for(rec)?;
         let dest =
             self.staging()?
                 .join(format!("{}.verify-{}.tar.zst", rec.id, std::process::id()));
@@ -321,7 +331,6 @@ impl Tierkeep {
             progress.callback(),
         )
         .await?;
-        let expected = (rec.size_bytes, rec.sha256.clone());
         let plain = rec.manifest.plain();
         let bar = progress.clone();
         bar.phase("verify", rec.size_bytes);
@@ -331,15 +340,13 @@ impl Tierkeep {
         };
         let result = tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
             let mut cb = |n| bar.inc(n);
-            if deep && source.decrypt.is_some() {
+            if source.decrypt.is_some() {
                 // The stored bytes first (no key needed), then the plaintext through
                 // every check of a restore.
                 verify_file(&source.path, &expected, &mut |_| {})?;
                 check_archive(&source, Some(&plain), &mut cb).map(|_| ())
-            } else if deep {
-                check_archive(&source, Some(&expected), &mut cb).map(|_| ())
             } else {
-                verify_file(&source.path, &expected, &mut cb)
+                check_archive(&source, Some(&expected), &mut cb).map(|_| ())
             }
         })
         .await

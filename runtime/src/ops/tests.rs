@@ -202,33 +202,36 @@ async fn a_deletion_zone_that_does_not_answer_loses_nothing() {
 }
 
 #[tokio::test]
-async fn a_failed_commit_keeps_the_black_box_copy_and_is_retried() {
-    let f = fixture(5, 5);
-    let id = f.backup_at(T0).await;
-    f.deletion.fail_next(Op::PutManifest);
-    let now = T0 + 3 * H;
-    f.tk.tick(now, &Progress::hidden())
-        .await
-        .expect_err("the commit fails");
-    assert_eq!(f.ids_in(Zone::BlackBox), vec![id.clone()]);
-    assert!(
-        f.in_memory().is_empty(),
-        "the uncommitted upload is removed"
-    );
-    let catalog = f.tk.catalog().expect("catalog");
-    let events = catalog.events(Some(&id), 10).expect("events");
-    assert!(
-        events
-            .iter()
-            .any(|e| e.kind == "failed" && e.reason.contains("move to the deletion zone failed")),
-        "the failed move is in the audit trail: {events:?}"
-    );
-    let report =
-        f.tk.tick(now + Duration::from_secs(60), &Progress::hidden())
+async fn a_failed_verify_or_commit_keeps_the_black_box_copy_and_is_retried() {
+    // The read-back of the uploaded copy, then the manifest that commits it.
+    for op in [Op::DigestArchive, Op::PutManifest] {
+        let f = fixture(5, 5);
+        let id = f.backup_at(T0).await;
+        f.deletion.fail_next(op);
+        let now = T0 + 3 * H;
+        f.tk.tick(now, &Progress::hidden())
             .await
-            .expect("retried");
-    assert_eq!(report.aged, vec![id.clone()]);
-    assert_eq!(f.in_memory(), vec![id]);
+            .expect_err("the move fails");
+        assert_eq!(f.ids_in(Zone::BlackBox), vec![id.clone()], "{op:?}");
+        assert!(
+            f.in_memory().is_empty(),
+            "{op:?}: the uncommitted upload is removed"
+        );
+        let catalog = f.tk.catalog().expect("catalog");
+        let events = catalog.events(Some(&id), 10).expect("events");
+        assert!(
+            events.iter().any(
+                |e| e.kind == "failed" && e.reason.contains("move to the deletion zone failed")
+            ),
+            "{op:?}: the failed move is in the audit trail: {events:?}"
+        );
+        let report =
+            f.tk.tick(now + Duration::from_secs(60), &Progress::hidden())
+                .await
+                .expect("retried");
+        assert_eq!(report.aged, vec![id.clone()], "{op:?}");
+        assert_eq!(f.in_memory(), vec![id], "{op:?}");
+    }
 }
 
 #[tokio::test]

@@ -360,6 +360,46 @@ impl ZoneStore for LocalStore {
         .await
     }
 
+    async fn digest_archive(
+        &self,
+        key: &BackupKey,
+        name: &str,
+        progress: ProgressFn,
+    ) -> Result<(u64, String), StoreError> {
+        let this = self.clone();
+        let src = self.dir(key).join(name);
+        let key = key.clone();
+        blocking(move || {
+            use sha2::Digest;
+            let mut file = match File::open(&src) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound {
+                        zone: this.url.clone(),
+                        key,
+                    });
+                }
+                Err(e) => return Err(this.err("open", &src, e)),
+            };
+            let mut hash = sha2::Sha256::new();
+            let mut bytes = 0u64;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(this.err("read", &src, e)),
+                };
+                hash.update(&buf[..n]);
+                bytes += n as u64;
+                progress(n as u64);
+            }
+            Ok((bytes, hex::encode(hash.finalize())))
+        })
+        .await
+    }
+
     async fn read_range(
         &self,
         key: &BackupKey,

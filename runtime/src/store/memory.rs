@@ -35,6 +35,8 @@ pub enum Op {
     FetchArchive,
     /// [`ZoneStore::read_range`]
     ReadRange,
+    /// [`ZoneStore::digest_archive`]
+    DigestArchive,
     /// [`ZoneStore::delete`]
     Delete,
     /// [`ZoneStore::check_lock`]
@@ -56,6 +58,7 @@ impl Op {
             Op::PutManifest => "put manifest",
             Op::FetchArchive => "fetch archive",
             Op::ReadRange => "read range",
+            Op::DigestArchive => "digest archive",
             Op::Delete => "delete",
             Op::CheckLock => "check lock",
             Op::RemoveIncomplete => "remove incomplete",
@@ -361,6 +364,26 @@ impl ZoneStore for MemoryStore {
         .map_err(|e| self.io("write", dest.to_path_buf(), e))?;
         progress(n);
         Ok(())
+    }
+
+    async fn digest_archive(
+        &self,
+        key: &BackupKey,
+        _name: &str,
+        progress: ProgressFn,
+    ) -> Result<(u64, String), StoreError> {
+        use sha2::Digest;
+        let bytes = self.with(Op::DigestArchive, |st| {
+            st.folders
+                .get(key)
+                .and_then(|f| f.archive.clone())
+                .ok_or_else(|| self.not_found(key))
+        })?;
+        progress(bytes.len() as u64);
+        Ok((
+            bytes.len() as u64,
+            hex::encode(sha2::Sha256::digest(&bytes[..])),
+        ))
     }
 
     async fn read_range(

@@ -150,6 +150,22 @@ async fn conformance(
     }
     assert_eq!(store.read_manifest(&a).await.unwrap(), m);
 
+    // The digest of what is stored, with progress; none of a missing backup.
+    let (p, hashed) = counter();
+    assert_eq!(
+        store.digest_archive(&a, ARCHIVE_NAME, p).await.unwrap(),
+        (
+            bytes_a.len() as u64,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes_a))
+        )
+    );
+    assert_eq!(hashed.load(Ordering::Relaxed), bytes_a.len() as u64);
+    let (p, _) = counter();
+    assert_not_found(
+        store.digest_archive(&c, ARCHIVE_NAME, p).await,
+        "digest_archive of nothing",
+    );
+
     let dest = scratch.join("fetched");
     let (p, moved) = counter();
     store

@@ -30,8 +30,8 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use self::client::{describe, is_404, is_denied, status_of};
 use self::lock::Version;
 use super::{
-    ARCHIVE_NAME, BackupKey, ENCRYPTED_ARCHIVE_NAME, Listed, ListedState, MANIFEST_NAME,
-    ProgressFn, Retry, StoreError, ZoneStore,
+    ARCHIVE_NAME, BackupKey, ChunkHasher, ENCRYPTED_ARCHIVE_NAME, Listed, ListedState,
+    MANIFEST_NAME, ProgressFn, Retry, StoreError, ZoneStore,
 };
 use crate::archive::Manifest;
 use crate::domain::{BackupId, validate_host_id};
@@ -40,6 +40,8 @@ use crate::domain::{BackupId, validate_host_id};
 const MULTIPART_THRESHOLD: u64 = 16 << 20;
 /// Parts or ranges in flight at once.
 const CONCURRENCY: usize = 4;
+/// The ranged GETs of [`ZoneStore::digest_archive`], kept in memory until hashed.
+const DIGEST_RANGE: u64 = 8 << 20;
 
 /// How to reach the S3 server.
 #[derive(Debug, Clone, Default)]
@@ -79,6 +81,15 @@ pub struct S3Store {
 impl S3Store {
     fn object(&self, key: &BackupKey, name: &str) -> String {
         format!("{}{}/{}/{name}", self.prefix, key.host, key.id)
+    }
+
+    fn digest_failed(&self, message: String) -> StoreError {
+        StoreError::Io {
+            zone: self.url.clone(),
+            op: "hash",
+            path: PathBuf::new(),
+            cause: std::io::Error::other(message),
+        }
     }
 
     fn not_found(&self, key: &BackupKey) -> StoreError {
@@ -345,6 +356,36 @@ impl ZoneStore for S3Store {
     ) -> Result<Vec<u8>, StoreError> {
         let object = self.object(key, name);
         self.get_range(&object, key, offset, len).await
+    }
+
+    async fn digest_archive(
+        &self,
+        key: &BackupKey,
+        name: &str,
+        progress: ProgressFn,
+    ) -> Result<(u64, String), StoreError> {
+        let object = self.object(key, name);
+        let size = self.head_size(&object, key).await?;
+        let ranges: Vec<(u64, u64)> = (0..size.div_ceil(DIGEST_RANGE))
+            .map(|i| (i * DIGEST_RANGE, DIGEST_RANGE.min(size - i * DIGEST_RANGE)))
+            .collect();
+        let hasher = ChunkHasher::new(2);
+        // At most CONCURRENCY ranges in flight, handed to the hasher in order (so at
+        // most about (CONCURRENCY + 3) × DIGEST_RANGE in memory); the first failure
+        // drops (cancels) the others.
+        let mut chunks = stream::iter(ranges)
+            .map(|(offset, len)| self.get_range(&object, key, offset, len))
+            .buffered(CONCURRENCY);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            let n = chunk.len() as u64;
+            hasher
+                .push(chunk)
+                .await
+                .map_err(|e| self.digest_failed(e))?;
+            progress(n);
+        }
+        hasher.finish().await.map_err(|e| self.digest_failed(e))
     }
 
     async fn fetch_archive(
