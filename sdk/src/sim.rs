@@ -20,7 +20,7 @@ use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use tierkeep_core::decision::{self, Attempt, PolicyContext, PolicyFault, Rules};
-use tierkeep_core::domain::{self, BackupId, BackupView, Capacity, Schedule, Usage};
+use tierkeep_core::domain::{self, BackupId, BackupView, Capacity, Schedule, Usage, unix_ms as ms};
 use tierkeep_core::plan::{self, Action, Asked, Plan, State};
 use tierkeep_core::simulate;
 use time::OffsetDateTime;
@@ -173,10 +173,6 @@ impl<P: Policy> Rules for Native<P> {
         };
         call(|| crate::__private::eviction::<P>(&c, &list, room))
     }
-}
-
-fn ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn duration_ms(d: std::time::Duration) -> u64 {

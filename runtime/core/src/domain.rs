@@ -619,6 +619,18 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// Milliseconds since the Unix epoch, truncated toward zero: the timestamps of the policy
+/// contract. The same as `t.unix_timestamp_nanos() / 1_000_000`, without the 128-bit
+/// division (this runs for every backup handed to a policy).
+pub fn unix_ms(t: OffsetDateTime) -> i64 {
+    let secs = t.unix_timestamp();
+    let nanos = i64::from(t.nanosecond());
+    // Before the epoch the seconds are floored and the nanoseconds count up from them:
+    // truncating toward zero rounds a partial millisecond up there.
+    let part = nanos / 1_000_000 + i64::from(secs < 0 && nanos % 1_000_000 != 0);
+    secs.saturating_mul(1000).saturating_add(part)
+}
+
 /// Formats a time as RFC 3339 in UTC.
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)

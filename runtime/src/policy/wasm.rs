@@ -12,7 +12,7 @@ use super::bindings::exports::tierkeep::policy::{policy, policy_packed};
 use super::compile::{compile_cached, sha256_hex};
 use super::{ALLOWED_IMPORTS, FUEL, MEMORY_CAP, Metadata, PolicyError, SettingSpec, wit_log, wt};
 use crate::decision::{PolicyContext, PolicyFault, Room, Rules};
-use crate::domain::{BackupKind, BackupView, Zone};
+use crate::domain::{BackupKind, BackupView, Zone, unix_ms as ms};
 
 /// Per-store state: the memory limiter and the policy's name for its logs.
 struct State {
@@ -312,10 +312,6 @@ impl WasmPolicy {
         };
         to_wit_context(ctx, settings)
     }
-}
-
-fn ms(t: time::OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn duration_ms(d: std::time::Duration) -> u64 {

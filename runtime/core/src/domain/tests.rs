@@ -317,3 +317,34 @@ fn next_backup_is_interval_after_last() {
         now
     );
 }
+
+proptest::proptest! {
+    #[test]
+    fn unix_ms_truncates_as_the_nanosecond_division_does(
+        nanos in -253_402_300_799_000_000_000i128..253_402_300_799_000_000_000i128
+    ) {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).expect("in range");
+        proptest::prop_assert_eq!(
+            unix_ms(t),
+            i64::try_from(nanos / 1_000_000).expect("fits")
+        );
+    }
+}
+
+#[test]
+fn unix_ms_around_the_epoch() {
+    for (nanos, ms) in [
+        (0i128, 0i64),
+        (1, 0),
+        (999_999, 0),
+        (1_000_000, 1),
+        (-1, 0),
+        (-999_999, 0),
+        (-1_000_000, -1),
+        (-1_000_001, -1),
+        (-1_999_999_999, -1999),
+    ] {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).expect("in range");
+        assert_eq!(unix_ms(t), ms, "{nanos} ns");
+    }
+}
