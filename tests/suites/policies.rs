@@ -441,6 +441,21 @@ fn broken_fixtures_are_stopped_and_the_builtin_rules_decide() {
         );
         assert_eq!(e.by, "built-in default");
     }
+    // The trap fixture's three ways: a panic, an exhausted call stack and a read outside
+    // linear memory, the last two caught by the checks compiled in.
+    let p = load("fixture-trap", "");
+    let d = Decider { rules: &p };
+    for (fault, says) in [
+        (d.interval(&c).fault, "unreachable"),
+        (d.aging(&c, &bb).fault, "call stack exhausted"),
+        (
+            d.eviction(&c, &del, room).fault,
+            "out of bounds memory access",
+        ),
+    ] {
+        let text = fault.expect("a trap").to_string();
+        assert!(text.contains(says), "expected {says:?}: {text}");
+    }
     let engine = engine().expect("engine");
     let err = WasmPolicy::load(&engine, wasm("fixture-bad-import"), "", None)
         .expect_err("a policy with a clock import must be refused");
