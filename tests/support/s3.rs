@@ -558,6 +558,15 @@ pub fn start_in_process() -> S3 {
 }
 
 impl S3 {
+    /// The port of the endpoint (on 127.0.0.1).
+    fn port(&self) -> u16 {
+        self.endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the endpoint ends with a port")
+    }
+
     /// An S3 client for the fixture's own bookkeeping (creating buckets, inspecting).
     pub fn client(&self) -> aws_sdk_s3::Client {
         use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -843,13 +852,7 @@ impl S3 {
                 _dir,
             } => {
                 *child = Some(spawn_garage(bin, config, &_dir.path().join("garage-2.log")));
-                let port: u16 = self
-                    .endpoint
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .expect("port");
-                wait_for_port(port, "Garage");
+                wait_for_port(self.port(), "Garage");
             }
             Inner::InProcess {
                 runtime,
@@ -868,13 +871,7 @@ impl S3 {
             }
             Inner::Container { container, .. } => {
                 container.start().expect("start the container again");
-                let port: u16 = self
-                    .endpoint
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .expect("port");
-                wait_for_port(port, "the S3 container");
+                wait_for_port(self.port(), "the S3 container");
             }
             _ => panic!("this S3 fixture cannot be restarted"),
         }

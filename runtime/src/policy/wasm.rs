@@ -353,18 +353,14 @@ fn to_wit_context(ctx: &PolicyContext, settings: &str) -> wt::Context {
     }
 }
 
-fn to_wit_kind(kind: BackupKind) -> wt::BackupKind {
-    match kind {
-        BackupKind::Scheduled => wt::BackupKind::Scheduled,
-        BackupKind::Manual => wt::BackupKind::Manual,
-    }
-}
-
 fn to_wit_backups(list: &[BackupView]) -> Vec<wt::Backup> {
     list.iter()
         .map(|b| wt::Backup {
             id: b.id.to_string(),
-            kind: to_wit_kind(b.kind),
+            kind: match b.kind {
+                BackupKind::Scheduled => wt::BackupKind::Scheduled,
+                BackupKind::Manual => wt::BackupKind::Manual,
+            },
             created_at: ms(b.created_at),
             size_bytes: b.size_bytes,
         })

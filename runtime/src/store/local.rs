@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::{BackupKey, Listed, ListedState, MANIFEST_NAME, ProgressFn, StoreError, ZoneStore};
-use crate::archive::Manifest;
+use crate::archive::{ArchiveError, Manifest};
 use crate::domain::{BackupId, validate_host_id};
 
 /// Name of the staging directory inside a local zone's root.
@@ -370,32 +370,16 @@ impl ZoneStore for LocalStore {
         let src = self.dir(key).join(name);
         let key = key.clone();
         blocking(move || {
-            use sha2::Digest;
-            let mut file = match File::open(&src) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(StoreError::NotFound {
-                        zone: this.url.clone(),
-                        key,
-                    });
-                }
-                Err(e) => return Err(this.err("open", &src, e)),
-            };
-            let mut hash = sha2::Sha256::new();
-            let mut bytes = 0u64;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = match file.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(this.err("read", &src, e)),
-                };
-                hash.update(&buf[..n]);
-                bytes += n as u64;
-                progress(n as u64);
+            if !src.is_file() {
+                return Err(StoreError::NotFound {
+                    zone: this.url.clone(),
+                    key,
+                });
             }
-            Ok((bytes, hex::encode(hash.finalize())))
+            crate::archive::hash_file(&src, &mut |n| progress(n)).map_err(|e| match e {
+                ArchiveError::Io { action, cause, .. } => this.err(action, &src, cause),
+                other => this.err("read", &src, io::Error::other(other.to_string())),
+            })
         })
         .await
     }

@@ -202,47 +202,6 @@ impl StoreError {
 /// A progress callback: called with the number of bytes just moved.
 pub type ProgressFn = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// SHA-256 of a stream of chunks, hashed on a blocking thread so that an async reader
-/// (ranged GETs) keeps its transfers going while the previous chunk is hashed.
-pub(crate) struct ChunkHasher {
-    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
-    done: tokio::task::JoinHandle<(u64, String)>,
-}
-
-impl ChunkHasher {
-    /// A hasher holding at most `queue` chunks not yet hashed.
-    pub(crate) fn new(queue: usize) -> ChunkHasher {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(queue.max(1));
-        let done = tokio::task::spawn_blocking(move || {
-            use sha2::Digest;
-            let mut hash = sha2::Sha256::new();
-            let mut bytes = 0u64;
-            while let Some(chunk) = rx.blocking_recv() {
-                hash.update(&chunk);
-                bytes += chunk.len() as u64;
-            }
-            (bytes, hex::encode(hash.finalize()))
-        });
-        ChunkHasher { tx, done }
-    }
-
-    /// Hashes `chunk` after those given before (waits while the queue is full).
-    pub(crate) async fn push(&self, chunk: Vec<u8>) -> Result<(), String> {
-        self.tx
-            .send(chunk)
-            .await
-            .map_err(|_| "the hashing thread stopped".to_owned())
-    }
-
-    /// (bytes, hex SHA-256) of everything pushed.
-    pub(crate) async fn finish(self) -> Result<(u64, String), String> {
-        drop(self.tx);
-        self.done
-            .await
-            .map_err(|e| format!("the hashing thread failed: {e}"))
-    }
-}
-
 /// Where a zone keeps its backups.
 #[async_trait]
 pub trait ZoneStore: Send + Sync + fmt::Debug {

@@ -30,8 +30,8 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use self::client::{describe, is_404, is_denied, status_of};
 use self::lock::Version;
 use super::{
-    ARCHIVE_NAME, BackupKey, ChunkHasher, ENCRYPTED_ARCHIVE_NAME, Listed, ListedState,
-    MANIFEST_NAME, ProgressFn, Retry, StoreError, ZoneStore,
+    ARCHIVE_NAME, BackupKey, ENCRYPTED_ARCHIVE_NAME, Listed, ListedState, MANIFEST_NAME,
+    ProgressFn, Retry, StoreError, ZoneStore,
 };
 use crate::archive::Manifest;
 use crate::domain::{BackupId, validate_host_id};
@@ -42,6 +42,47 @@ const MULTIPART_THRESHOLD: u64 = 16 << 20;
 const CONCURRENCY: usize = 4;
 /// The ranged GETs of [`ZoneStore::digest_archive`], kept in memory until hashed.
 const DIGEST_RANGE: u64 = 8 << 20;
+
+/// SHA-256 of a stream of chunks, hashed on a blocking thread so that an async reader
+/// (ranged GETs) keeps its transfers going while the previous chunk is hashed.
+struct ChunkHasher {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    done: tokio::task::JoinHandle<(u64, String)>,
+}
+
+impl ChunkHasher {
+    /// A hasher holding at most `queue` chunks not yet hashed.
+    fn new(queue: usize) -> ChunkHasher {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(queue.max(1));
+        let done = tokio::task::spawn_blocking(move || {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            let mut bytes = 0u64;
+            while let Some(chunk) = rx.blocking_recv() {
+                hash.update(&chunk);
+                bytes += chunk.len() as u64;
+            }
+            (bytes, hex::encode(hash.finalize()))
+        });
+        ChunkHasher { tx, done }
+    }
+
+    /// Hashes `chunk` after those given before (waits while the queue is full).
+    async fn push(&self, chunk: Vec<u8>) -> Result<(), String> {
+        self.tx
+            .send(chunk)
+            .await
+            .map_err(|_| "the hashing thread stopped".to_owned())
+    }
+
+    /// (bytes, hex SHA-256) of everything pushed.
+    async fn finish(self) -> Result<(u64, String), String> {
+        drop(self.tx);
+        self.done
+            .await
+            .map_err(|e| format!("the hashing thread failed: {e}"))
+    }
+}
 
 /// How to reach the S3 server.
 #[derive(Debug, Clone, Default)]
