@@ -58,7 +58,9 @@ impl Framer {
     /// writing to `sink`.
     pub fn new(sink: BackgroundWriter, level: i32, threads: u32) -> io::Result<Framer> {
         let threads = threads.max(1) as usize;
-        let (job_tx, job_rx) = sync_channel::<Job>(threads);
+        // At least 8 jobs queued (32 MiB of tar): a walk that copies frames can run on
+        // while the compressors work through the files that changed before them.
+        let (job_tx, job_rx) = sync_channel::<Job>(threads.max(8));
         let (done_tx, done_rx) = sync_channel::<io::Result<Done>>(threads * 2);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let mut workers = Vec::with_capacity(threads);

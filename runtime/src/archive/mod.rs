@@ -13,6 +13,7 @@ mod framer;
 pub mod index;
 pub mod manifest;
 pub mod read;
+mod sink;
 pub mod write;
 
 use std::io::{self, Read, Write};
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 pub use manifest::{MANIFEST_FORMAT, Manifest};
+use sink::BackgroundWriter;
 
 /// Errors of the archive writer and reader.
 ///
@@ -204,116 +206,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-/// A file writer that hashes, writes and flushes to disk on its own threads: the caller
-/// hands over 4 MiB buffers; one thread hashes and writes them, and every 64 MiB asks a
-/// second thread to `fdatasync` what is written so far, so the disk flushes while more
-/// is written and hashed, and the final `fsync` is short.
-#[derive(Debug)]
-pub struct BackgroundWriter {
-    buf: Vec<u8>,
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    handle: Option<std::thread::JoinHandle<io::Result<(std::fs::File, u64, String)>>>,
-}
-
-const BG_CHUNK: usize = 4 << 20;
-const BG_SYNC_EVERY: u64 = 64 << 20;
-
-impl BackgroundWriter {
-    /// Starts the writer thread on `file`.
-    pub fn new(mut file: std::fs::File) -> io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let syncing = file.try_clone()?;
-        let handle = std::thread::Builder::new()
-            .name("tierkeep-write".into())
-            .spawn(move || -> io::Result<(std::fs::File, u64, String)> {
-                // At most one flush asked for while one runs: a request that finds the
-                // queue full is already covered by the flush to come.
-                let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<()>(1);
-                let syncer = std::thread::Builder::new()
-                    .name("tierkeep-sync".into())
-                    .spawn(move || -> io::Result<()> {
-                        for () in sync_rx {
-                            syncing.sync_data()?;
-                        }
-                        Ok(())
-                    })?;
-                let mut hasher = Sha256::new();
-                let mut bytes = 0u64;
-                let mut unsynced = 0u64;
-                let mut written = Ok(());
-                for chunk in rx {
-                    hasher.update(&chunk);
-                    if let Err(e) = file.write_all(&chunk) {
-                        written = Err(e);
-                        break;
-                    }
-                    bytes += chunk.len() as u64;
-                    unsynced += chunk.len() as u64;
-                    if unsynced >= BG_SYNC_EVERY {
-                        let _ = sync_tx.try_send(());
-                        unsynced = 0;
-                    }
-                }
-                drop(sync_tx);
-                let synced = syncer
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("archive sync thread panicked")));
-                written?;
-                synced?;
-                file.sync_all()?;
-                Ok((file, bytes, hex::encode(hasher.finalize())))
-            })?;
-        Ok(BackgroundWriter {
-            buf: Vec::with_capacity(BG_CHUNK),
-            tx: Some(tx),
-            handle: Some(handle),
-        })
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(BG_CHUNK));
-        let sent = self.tx.as_ref().map(|tx| tx.send(chunk).is_ok());
-        if sent == Some(true) {
-            Ok(())
-        } else {
-            // The thread stopped on an error: collect it.
-            self.tx = None;
-            match self.handle.take().map(std::thread::JoinHandle::join) {
-                Some(Ok(Err(e))) => Err(e),
-                _ => Err(io::Error::other("archive writer thread stopped")),
-            }
-        }
-    }
-
-    /// Flushes everything, fsyncs, and returns the file, its size and hex SHA-256.
-    pub fn finish(mut self) -> io::Result<(std::fs::File, u64, String)> {
-        self.send()?;
-        self.tx = None;
-        match self.handle.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(result)) => result,
-            _ => Err(io::Error::other("archive writer thread panicked")),
-        }
-    }
-}
-
-impl Write for BackgroundWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = BG_CHUNK - self.buf.len();
-        let n = data.len().min(room);
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == BG_CHUNK {
-            self.send()?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

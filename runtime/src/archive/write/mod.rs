@@ -48,8 +48,9 @@ use super::{ArchiveError, BackgroundWriter};
 
 use self::records::{FileBody, copy_body, write_headers};
 pub use self::reuse::Previous;
-use self::reuse::{unchanged, write_chunks};
+use self::reuse::{announce_following, unchanged, write_chunks};
 
+mod ahead;
 mod records;
 mod reuse;
 mod walk;
@@ -192,8 +193,7 @@ pub fn write_archive(
             })
             .ok()
     });
-    let file = File::create(out).map_err(|e| ArchiveError::io("create", out, e))?;
-    let sink = BackgroundWriter::new(file).map_err(|e| ArchiveError::io("write", out, e))?;
+    let sink = BackgroundWriter::create(out).map_err(|e| ArchiveError::io("create", out, e))?;
     let framer = Framer::new(sink, opts.level, opts.threads)
         .map_err(|e| ArchiveError::stream("start the compressors", e))?;
     let mut w = Writer {
@@ -347,6 +347,8 @@ impl Writer<'_> {
         if !same {
             return Ok(false);
         }
+        prev.announce(unit.frames.clone());
+        announce_following(prev, &mut self.walk, &self.skip, n, &self.links);
         let Some(group) = prev.read_frame(unit.frames.start) else {
             return Ok(false);
         };

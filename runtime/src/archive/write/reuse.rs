@@ -1,19 +1,21 @@
-//! The previous archive a backup may copy frames from: its index, and positioned reads
-//! of its frames, each checked against the SHA-256 the index gives before it is used.
+//! The previous archive a backup may copy frames from: its index, and its frames, read
+//! ahead ([`super::ahead`]), each checked against the SHA-256 the index gives before it
+//! is used.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::walk::Item;
-use super::{item_name, stream_err};
+use super::ahead::{self, Fetched, FrameReader};
+use super::walk::{Item, Walk};
+use super::{Skip, item_name, stream_err};
 use crate::archive::ArchiveError;
 use crate::archive::framer::Framer;
 use crate::archive::index::{self, CHUNK, Entry, Frame, Index, IndexRef, Kind};
@@ -22,7 +24,7 @@ use crate::archive::index::{self, CHUNK, Entry, Frame, Index, IndexRef, Kind};
 #[derive(Debug)]
 pub struct Previous {
     path: PathBuf,
-    file: File,
+    frames: RefCell<FrameReader>,
     index: Index,
     /// First entry name of each reusable unit → the unit.
     units: HashMap<Vec<u8>, Unit>,
@@ -42,17 +44,18 @@ pub(super) struct Unit {
 impl Previous {
     /// Opens the archive at `path` and reads its index from `reference`.
     pub fn open(path: &Path, reference: &IndexRef) -> Result<Previous, String> {
-        let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        let file = ahead::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
         let len = usize::try_from(reference.bytes).map_err(|e| e.to_string())?;
-        let mut bytes = vec![0u8; len];
-        file.read_exact_at(&mut bytes, reference.offset)
+        let bytes = ahead::read_at(&file, reference.offset, len, &mut Vec::new())
             .map_err(|e| format!("read the index of {}: {e}", path.display()))?;
         let index = index::decode_index(&bytes, reference)
             .map_err(|e| format!("the index of {} is damaged: {e}", path.display()))?;
         let (units, chunked) = units_of(&index);
+        let frames = FrameReader::start(file, &index.frames)
+            .map_err(|e| format!("start reading {}: {e}", path.display()))?;
         Ok(Previous {
             path: path.to_path_buf(),
-            file,
+            frames: RefCell::new(frames),
             index,
             units,
             chunked,
@@ -77,27 +80,32 @@ impl Previous {
         self.chunked.get(name).map(|&n| &self.index.entries[n])
     }
 
+    /// Says frames `frames` are likely to be asked for next, so they are read ahead.
+    pub(super) fn announce(&self, frames: Range<usize>) {
+        self.frames.borrow_mut().announce(frames);
+    }
+
     /// Frame `n`'s compressed bytes, or `None` (logged) when they cannot be read or do
     /// not match the index: the caller then reads the files instead.
     pub(super) fn read_frame(&self, n: usize) -> Option<Vec<u8>> {
-        let f = &self.index.frames[n];
-        let mut buf = vec![0u8; usize::try_from(f.bytes).ok()?];
-        if let Err(e) = self.file.read_exact_at(&mut buf, f.offset) {
-            tracing::warn!(
-                archive = %self.path.display(),
-                "cannot read frame {n} of the previous backup ({e}); its files are read again"
-            );
-            return None;
+        match self.frames.borrow_mut().get(n) {
+            Fetched::Bytes(bytes) => Some(bytes),
+            Fetched::Unreadable(e) => {
+                tracing::warn!(
+                    archive = %self.path.display(),
+                    "cannot read frame {n} of the previous backup ({e}); its files are read again"
+                );
+                None
+            }
+            Fetched::Damaged => {
+                tracing::warn!(
+                    archive = %self.path.display(),
+                    "frame {n} of the previous backup is damaged (its SHA-256 does not match the \
+                     index); it is not copied: its files are read again"
+                );
+                None
+            }
         }
-        if hex::encode(Sha256::digest(&buf)) != f.sha256 {
-            tracing::warn!(
-                archive = %self.path.display(),
-                "frame {n} of the previous backup is damaged (its SHA-256 does not match the \
-                 index); it is not copied: its files are read again"
-            );
-            return None;
-        }
-        Some(buf)
     }
 }
 
@@ -184,10 +192,16 @@ pub(super) fn write_chunks(
                 return None;
             }
             let frame = p.frame(f);
-            (frame.raw_bytes == chunk.len() as u64
-                && hex::encode(Sha256::digest(&chunk[..])) == frame.raw_sha256)
-                .then(|| p.read_frame(f).map(|bytes| (bytes, frame)))
-                .flatten()
+            let same = frame.raw_bytes == chunk.len() as u64
+                && hex::encode(Sha256::digest(&chunk[..])) == frame.raw_sha256;
+            if !same {
+                return None;
+            }
+            // The next chunk is likely unchanged too: read it while this file is.
+            if f < e.frames[1] as usize {
+                p.announce(f + 1..f + 2);
+            }
+            p.read_frame(f).map(|bytes| (bytes, frame))
         });
         match same {
             Some((bytes, frame)) => out.copy(bytes, frame).map_err(stream_err)?,
@@ -196,6 +210,41 @@ pub(super) fn write_chunks(
         k += 1;
     }
     Ok(())
+}
+
+/// Announces the frames of the unit that follows the walk's first `after` items when it
+/// looks unchanged, so that they are read while the current unit is copied. A hint
+/// only: the unit is checked again when its turn comes.
+pub(super) fn announce_following(
+    prev: &Previous,
+    walk: &mut Walk,
+    skip: &Skip,
+    after: usize,
+    links: &HashMap<(u64, u64), Vec<u8>>,
+) {
+    let Some(Ok(item)) = walk.peek(skip, after + 1).get(after) else {
+        return;
+    };
+    let Some(unit) = item_name(item).and_then(|n| prev.unit(&n)) else {
+        return;
+    };
+    let n = unit.entries.len();
+    let items = walk.peek(skip, after + n);
+    let mut added = HashMap::new();
+    let same = items.len() >= after + n
+        && items
+            .iter()
+            .skip(after)
+            .take(n)
+            .enumerate()
+            .all(|(k, item)| {
+                item.as_ref().is_ok_and(|item| {
+                    unchanged(item, prev.entry(unit.entries.start + k), links, &mut added)
+                })
+            });
+    if same {
+        prev.announce(unit.frames.clone());
+    }
 }
 
 /// Whether the walk's `item` would be written exactly as the previous archive's entry

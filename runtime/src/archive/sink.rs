@@ -1,0 +1,294 @@
+//! The archive file writer: writes on a thread of its own, and keeps the archive out of
+//! the page cache.
+//!
+//! The caller's bytes are hashed as they are gathered into 4 MiB blocks, so hashing
+//! overlaps the disk's work. One thread writes each block with direct I/O (`O_DIRECT`): the data goes from the block to the disk without a copy into
+//! the page cache. That matters twice. A backup of hundreds of megabytes then does not
+//! push the host's working set out of memory. And filling fresh page-cache pages is the
+//! dearest part of writing on virtual machines whose memory the hypervisor hands out
+//! lazily: measured on such a machine, writing 647 MB through the page cache took
+//! 2.5–3.0 s of CPU, with direct I/O 0.04 s (0.5 s of wall time, the disk's).
+//!
+//! Direct I/O needs aligned buffers, offsets and lengths. The blocks are aligned and
+//! full, so only the last, short one is written through the page cache. A file system
+//! that refuses direct I/O (at open or at the first write) gets buffered writes instead;
+//! then, every 64 MiB, a second thread `fdatasync`s what is written so far, so the disk
+//! flushes while more is written and the final `fsync` is short.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use rustix::fs::OFlags;
+use sha2::{Digest, Sha256};
+
+/// Size of the blocks handed to the writer thread.
+const BLOCK: usize = 4 << 20;
+/// Alignment of direct I/O buffers, offsets and lengths (a page: enough for any
+/// logical block size in use).
+const ALIGN: usize = 4096;
+/// Bytes between flushes when writing through the page cache.
+const SYNC_EVERY: u64 = 64 << 20;
+/// Blocks queued for the writer thread.
+const QUEUED: usize = 4;
+
+/// A [`BLOCK`]-sized buffer whose start is aligned for direct I/O.
+struct Block {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Block {
+    fn new() -> Block {
+        let mem = vec![0u8; BLOCK + ALIGN];
+        let start = (ALIGN - mem.as_ptr().addr() % ALIGN) % ALIGN;
+        Block { mem, start, len: 0 }
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+
+    /// Appends as much of `data` as fits; returns how much did.
+    fn fill(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(BLOCK - self.len);
+        let at = self.start + self.len;
+        self.mem[at..at + n].copy_from_slice(&data[..n]);
+        self.len += n;
+        n
+    }
+}
+
+/// A file writer that hashes as it is written to and writes on its own thread; see the
+/// module documentation.
+pub struct BackgroundWriter {
+    block: Block,
+    hasher: Sha256,
+    bytes: u64,
+    tx: Option<SyncSender<Block>>,
+    /// Blocks the writer thread is done with, to be filled again.
+    free: Receiver<Block>,
+    handle: Option<JoinHandle<io::Result<File>>>,
+}
+
+impl std::fmt::Debug for BackgroundWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackgroundWriter")
+            .field("pending", &self.block.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates (or truncates) `path` for writing, with direct I/O when the file system
+/// takes it. Returns the file and whether it is in direct mode.
+fn create(path: &Path) -> io::Result<(File, bool)> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC;
+    let mode = rustix::fs::Mode::from_raw_mode(0o666);
+    match rustix::fs::open(path, flags | OFlags::DIRECT, mode) {
+        Ok(fd) => Ok((File::from(fd), true)),
+        Err(e) if e == rustix::io::Errno::INVAL => {
+            tracing::debug!(path = %path.display(), "direct I/O refused; writing through the page cache");
+            Ok((File::create(path)?, false))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Turns direct I/O off on `file`.
+fn buffered(file: &File) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
+    Ok(())
+}
+
+/// Writes all of `data`, directly while `*direct` holds and `data` is aligned, else
+/// (and from a refused direct write on) through the page cache.
+fn write_block(file: &mut File, mut data: &[u8], direct: &mut bool) -> io::Result<()> {
+    while !data.is_empty() {
+        if *direct
+            && !(data.len().is_multiple_of(ALIGN) && data.as_ptr().addr().is_multiple_of(ALIGN))
+        {
+            buffered(file)?;
+            *direct = false;
+        }
+        match file.write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if *direct && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+            {
+                tracing::debug!("direct write refused ({e}); writing through the page cache");
+                buffered(file)?;
+                *direct = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl BackgroundWriter {
+    /// Creates (or truncates) the file at `path` and starts the writer thread on it.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        let (file, direct) = create(path)?;
+        let (tx, rx) = sync_channel::<Block>(QUEUED);
+        let (free_tx, free) = sync_channel::<Block>(QUEUED + 2);
+        let handle = std::thread::Builder::new()
+            .name("tierkeep-write".into())
+            .spawn(move || write_blocks(file, direct, &rx, &free_tx))?;
+        Ok(BackgroundWriter {
+            block: Block::new(),
+            hasher: Sha256::new(),
+            bytes: 0,
+            tx: Some(tx),
+            free,
+            handle: Some(handle),
+        })
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.block.len == 0 {
+            return Ok(());
+        }
+        let mut next = self.free.try_recv().unwrap_or_else(|_| Block::new());
+        next.len = 0;
+        let block = std::mem::replace(&mut self.block, next);
+        let sent = self.tx.as_ref().map(|tx| tx.send(block).is_ok());
+        if sent == Some(true) {
+            Ok(())
+        } else {
+            // The thread stopped on an error: collect it.
+            self.tx = None;
+            match self.handle.take().map(JoinHandle::join) {
+                Some(Ok(Err(e))) => Err(e),
+                _ => Err(io::Error::other("archive writer thread stopped")),
+            }
+        }
+    }
+
+    /// Writes everything, fsyncs, and returns the file, its size and hex SHA-256.
+    pub fn finish(mut self) -> io::Result<(File, u64, String)> {
+        self.send()?;
+        self.tx = None;
+        let file = match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result?,
+            _ => return Err(io::Error::other("archive writer thread panicked")),
+        };
+        let sha = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        Ok((file, self.bytes, sha))
+    }
+}
+
+impl Write for BackgroundWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.block.fill(data);
+        self.hasher.update(&data[..n]);
+        self.bytes += n as u64;
+        if self.block.len == BLOCK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The writer thread: writes each block, hands it back, and in buffered mode has a
+/// second thread flush every [`SYNC_EVERY`] bytes.
+fn write_blocks(
+    mut file: File,
+    mut direct: bool,
+    rx: &Receiver<Block>,
+    free: &SyncSender<Block>,
+) -> io::Result<File> {
+    // At most one flush asked for while one runs: a request that finds the queue full
+    // is already covered by the flush to come.
+    let (sync_tx, sync_rx) = sync_channel::<()>(1);
+    let syncing = file.try_clone()?;
+    let syncer = std::thread::Builder::new()
+        .name("tierkeep-sync".into())
+        .spawn(move || -> io::Result<()> {
+            for () in sync_rx {
+                syncing.sync_data()?;
+            }
+            Ok(())
+        })?;
+    let mut unsynced = 0u64;
+    let mut written = Ok(());
+    for block in rx {
+        let data = block.data();
+        if let Err(e) = write_block(&mut file, data, &mut direct) {
+            written = Err(e);
+            break;
+        }
+        if !direct {
+            unsynced += data.len() as u64;
+            if unsynced >= SYNC_EVERY {
+                let _ = sync_tx.try_send(());
+                unsynced = 0;
+            }
+        }
+        let _ = free.try_send(block);
+    }
+    drop(sync_tx);
+    let synced = syncer
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("archive sync thread panicked")));
+    written?;
+    synced?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `sizes` pieces of a pattern through a writer and checks the file and its
+    /// hash: aligned blocks, a short last block, and pieces that straddle blocks.
+    fn round_trip(dir: &Path, sizes: &[usize]) {
+        let path = dir.join("out");
+        let mut w = BackgroundWriter::create(&path).unwrap();
+        let mut expected = Vec::new();
+        for (k, &n) in sizes.iter().enumerate() {
+            let piece: Vec<u8> = (0..n).map(|i| (i * 31 + k * 7) as u8).collect();
+            w.write_all(&piece).unwrap();
+            expected.extend_from_slice(&piece);
+        }
+        let (_f, bytes, sha) = w.finish().unwrap();
+        assert_eq!(bytes, expected.len() as u64);
+        assert_eq!(sha, hex::encode(Sha256::digest(&expected)));
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn writes_whole_blocks_short_tails_and_straddling_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        round_trip(dir.path(), &[]);
+        round_trip(dir.path(), &[1]);
+        round_trip(dir.path(), &[BLOCK]);
+        round_trip(dir.path(), &[BLOCK, BLOCK, 4096]);
+        round_trip(dir.path(), &[3 * BLOCK + 5, 1 << 20, 12_345, BLOCK - 1]);
+    }
+
+    #[test]
+    fn an_unaligned_piece_leaves_direct_mode_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let (mut file, mut direct) = create(&path).unwrap();
+        let mem = vec![7u8; ALIGN * 3];
+        let off = (ALIGN - mem.as_ptr().addr() % ALIGN) % ALIGN + 1;
+        let data = &mem[off..off + ALIGN];
+        write_block(&mut file, data, &mut direct).unwrap();
+        assert!(!direct, "an unaligned write leaves direct mode");
+        write_block(&mut file, &[9u8; 10], &mut direct).unwrap();
+        let mut expected = data.to_vec();
+        expected.extend_from_slice(&[9u8; 10]);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+    }
+}
