@@ -9,11 +9,11 @@
 //! one, refusing entries that would escape the target, in whole or from the frames that
 //! hold one path ([`read::frames`]).
 
+pub(crate) mod direct;
 mod framer;
 pub mod index;
 pub mod manifest;
 pub mod read;
-mod sink;
 pub mod write;
 
 use std::io::{self, Read, Write};
@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
+use direct::BackgroundWriter;
 pub use manifest::{MANIFEST_FORMAT, Manifest};
-use sink::BackgroundWriter;
 
 /// Errors of the archive writer and reader.
 ///
@@ -268,7 +268,7 @@ pub fn hash_file(
     path: &std::path::Path,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(u64, String), ArchiveError> {
-    let file = std::fs::File::open(path).map_err(|e| ArchiveError::io("open", path, e))?;
+    let file = direct::Reader::open(path).map_err(|e| ArchiveError::io("open", path, e))?;
     let mut reader = HashingReader::new(file);
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -59,7 +59,7 @@ impl Tierkeep {
                 .await?;
             return Ok(plain.clone());
         };
-        let file = std::fs::File::open(src).map_err(super::io_err("open", src))?;
+        let file = crate::archive::direct::Reader::open(src).map_err(super::io_err("open", src))?;
         let (reader, sealed) = Encrypting::new(file, recipients).map_err(ArchiveError::from)?;
         store
             .put_archive_stream(

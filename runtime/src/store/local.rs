@@ -234,20 +234,10 @@ impl LocalStore {
     }
 }
 
-/// Copies `src` to a new file `dest`, fsyncing it.
+/// Copies `src` to a new file `dest`, fsyncing it; both directly, off the page cache,
+/// where the file system allows (an archive copied into a zone is not read again soon).
 fn copy_synced(src: &Path, dest: &Path, progress: &ProgressFn) -> io::Result<()> {
-    let mut input = File::open(src)?;
-    let mut out = File::create(dest)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = input.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n])?;
-        progress(n as u64);
-    }
-    out.sync_all()
+    crate::archive::direct::copy_file(src, dest, &**progress)
 }
 
 async fn blocking<T: Send + 'static>(

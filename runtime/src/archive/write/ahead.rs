@@ -20,19 +20,14 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use rustix::fs::OFlags;
 use sha2::{Digest, Sha256};
 
+pub(super) use crate::archive::direct::{open_read as open, read_at};
 use crate::archive::index::Frame;
-
-/// Alignment of direct reads.
-const ALIGN: u64 = 4096;
 /// Frames read ahead and not yet taken (besides the one being read).
 const AHEAD: usize = 3;
 
@@ -77,61 +72,6 @@ impl std::fmt::Debug for FrameReader {
             .field("frames", &self.places.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Opens `path` for reading, directly when the file system takes it.
-pub(super) fn open(path: &Path) -> io::Result<File> {
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
-    match rustix::fs::open(path, flags | OFlags::DIRECT, rustix::fs::Mode::empty()) {
-        Ok(fd) => Ok(File::from(fd)),
-        Err(e) if e == rustix::io::Errno::INVAL => File::open(path),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Reads `len` bytes at `offset` through the aligned window `scratch` (as direct I/O
-/// needs; harmless without it). A refused direct read turns direct I/O off for the file
-/// and is retried.
-pub(super) fn read_at(
-    file: &File,
-    offset: u64,
-    len: usize,
-    scratch: &mut Vec<u8>,
-) -> io::Result<Vec<u8>> {
-    let start = offset / ALIGN * ALIGN;
-    let end = (offset + len as u64).div_ceil(ALIGN) * ALIGN;
-    let span = usize::try_from(end - start).map_err(io::Error::other)?;
-    let align = ALIGN as usize;
-    if scratch.len() < span + align {
-        scratch.resize(span + align, 0);
-    }
-    let at = (align - scratch.as_ptr().addr() % align) % align;
-    let window = &mut scratch[at..at + span];
-    let mut got = 0;
-    while got < span {
-        match file.read_at(&mut window[got..], start + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                let flags = rustix::fs::fcntl_getfl(file)?;
-                if !flags.contains(OFlags::DIRECT) {
-                    return Err(e);
-                }
-                tracing::debug!("direct read refused ({e}); reading through the page cache");
-                rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let skip = (offset - start) as usize;
-    if got < skip + len {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "the archive ends before the frame does",
-        ));
-    }
-    Ok(window[skip..skip + len].to_vec())
 }
 
 fn fetch(file: &File, place: &Place, scratch: &mut Vec<u8>) -> io::Result<Vec<u8>> {
@@ -277,6 +217,8 @@ impl Drop for FrameReader {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// A file of `sizes.len()` frames of the given sizes, each of its own byte value, and
@@ -287,7 +229,9 @@ mod tests {
         let mut frames = Vec::new();
         let mut bodies = Vec::new();
         for (k, &n) in sizes.iter().enumerate() {
-            let body: Vec<u8> = (0..n).map(|i| (i as u8) ^ (k as u8).wrapping_mul(37)).collect();
+            let body: Vec<u8> = (0..n)
+                .map(|i| (i as u8) ^ (k as u8).wrapping_mul(37))
+                .collect();
             frames.push(Frame {
                 offset: all.len() as u64,
                 bytes: n as u64,

@@ -36,8 +36,6 @@ use super::{
 use crate::archive::Manifest;
 use crate::domain::{BackupId, validate_host_id};
 
-/// Archives at least this large are uploaded in parts.
-const MULTIPART_THRESHOLD: u64 = 16 << 20;
 /// Parts or ranges in flight at once.
 const CONCURRENCY: usize = 4;
 /// The ranged GETs of [`ZoneStore::digest_archive`], kept in memory until hashed.
@@ -298,37 +296,18 @@ impl ZoneStore for S3Store {
         progress: ProgressFn,
     ) -> Result<(), StoreError> {
         let object = self.object(key, name);
-        let size = std::fs::metadata(src)
-            .map_err(|e| StoreError::Io {
-                zone: self.url.clone(),
-                op: "stat",
-                path: src.to_path_buf(),
-                cause: e,
-            })?
-            .len();
-        if size >= MULTIPART_THRESHOLD {
-            self.put_multipart(&object, src, size, progress).await
-        } else {
-            let body = ByteStream::from_path(src)
-                .await
-                .map_err(|e| StoreError::Io {
-                    zone: self.url.clone(),
-                    op: "read",
-                    path: src.to_path_buf(),
-                    cause: std::io::Error::other(e.to_string()),
-                })?;
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&object)
-                .content_length(i64::try_from(size).unwrap_or(i64::MAX))
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| self.err("put", &object, e))?;
-            progress(size);
-            Ok(())
-        }
+        let io_err = |op, cause| StoreError::Io {
+            zone: self.url.clone(),
+            op,
+            path: src.to_path_buf(),
+            cause,
+        };
+        let size = std::fs::metadata(src).map_err(|e| io_err("stat", e))?.len();
+        // Read directly, off the page cache (an archive on its way to a bucket is not
+        // read again soon), and uploaded in parts while the next ones are read.
+        let reader = crate::archive::direct::Reader::open(src).map_err(|e| io_err("open", e))?;
+        self.put_stream(&object, Box::new(reader), size, progress)
+            .await
     }
 
     async fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {

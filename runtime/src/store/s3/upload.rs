@@ -1,12 +1,13 @@
-//! Uploads: multipart uploads with several parts in flight, read straight from the file,
-//! and the upload journal that notes each one in flight so that an upload a crash or an
+//! Uploads: multipart uploads with several parts in flight, read from the archive one
+//! after the other (plain archives directly, off the page cache; encrypted ones as they
+//! are encrypted), and the upload journal that notes each one in flight so that an upload a crash or an
 //! outage left behind is aborted later.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures_util::{StreamExt, TryStreamExt, stream};
 
@@ -242,47 +243,6 @@ impl S3Store {
             .map_err(|e| self.err("complete upload", object, e))?;
         self.journal_end(upload_id);
         Ok(())
-    }
-
-    pub(super) async fn put_multipart(
-        &self,
-        object: &str,
-        src: &Path,
-        size: u64,
-        progress: ProgressFn,
-    ) -> Result<(), StoreError> {
-        let upload_id = self.start_upload(object).await?;
-        let part_size = PART_SIZE.max(size.div_ceil(9_000));
-        let parts = size.div_ceil(part_size);
-        // At most CONCURRENCY parts in flight; the first failure drops (cancels) the
-        // others and aborts the upload.
-        let uploaded: Result<Vec<CompletedPart>, StoreError> = stream::iter(0..parts)
-            .map(|n| {
-                let progress = &progress;
-                let upload_id = &upload_id;
-                async move {
-                    let offset = n * part_size;
-                    let len = part_size.min(size - offset);
-                    let body = ByteStream::read_from()
-                        .path(src)
-                        .offset(offset)
-                        .length(Length::Exact(len))
-                        .build()
-                        .await
-                        .map_err(|e| StoreError::Io {
-                            zone: self.url.clone(),
-                            op: "read",
-                            path: src.to_path_buf(),
-                            cause: std::io::Error::other(e.to_string()),
-                        })?;
-                    self.upload_part(object, upload_id, n, body, len, progress)
-                        .await
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await;
-        self.finish_upload(object, &upload_id, uploaded).await
     }
 
     /// Uploads what `src` yields as `object`: one PUT when it is small, else a multipart
