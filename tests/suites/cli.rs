@@ -1105,3 +1105,97 @@ fn killed_backups_leave_nothing_behind() {
     assert_eq!(listed, in_zone, "the catalog and the zone disagree");
     host.ok(&["verify", "--all"]);
 }
+
+/// A backup that fills the black box's disk while it writes (a real, small tmpfs mounted
+/// in a private mount namespace by `unshare`) fails with the kernel's reason, leaves no
+/// partial archive behind, and keeps the backup made before it restorable.
+#[test]
+fn a_backup_that_fills_the_disk_fails_cleanly_and_keeps_the_earlier_one() {
+    let host = Host::new("");
+    let data = host.data();
+    fs::create_dir_all(&data).expect("data dir");
+    fs::write(host.src().join("small.txt"), b"kept through a full disk\n").expect("write");
+    // 24 MiB that zstd cannot shrink, for a disk of 8 MiB.
+    let big = host.root().join("big.bin");
+    let mut bytes = vec![0u8; 24 << 20];
+    getrandom::fill(&mut bytes).expect("random");
+    fs::write(&big, &bytes).expect("write");
+    let out = host.root().join("out");
+    fs::create_dir_all(&out).expect("out");
+    let tk = assert_cmd::cargo::cargo_bin("tierkeep");
+    let script = r#"
+        set -u
+        mount -t tmpfs -o size=8m tierkeep-full "$DATA" || exit 90
+        tk() { "$TK" --config "$CFG" --no-progress "$@"; }
+        tk backup --json > "$OUT/first.json" 2> "$OUT/first.err" || exit 91
+        cp "$BIG" "$SRC/big.bin"
+        tk backup > "$OUT/second.out" 2> "$OUT/second.err"; echo $? > "$OUT/second.rc"
+        find "$DATA" -type f | sort > "$OUT/files.txt"
+        tk list --json > "$OUT/list.json" 2> "$OUT/list.err" || exit 92
+        rm "$SRC/big.bin"
+        tk verify --all > "$OUT/verify.out" 2>&1; echo $? > "$OUT/verify.rc"
+        tk restore "$(cat "$OUT/id")" --to "$OUT/restored" > /dev/null 2> "$OUT/restore.err"
+        echo $? > "$OUT/restore.rc"
+    "#;
+    // The first backup's id is only known inside; `list` gives it before the restore.
+    let script = script.replace(
+        r#"rm "$SRC/big.bin""#,
+        r#"rm "$SRC/big.bin"; python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' "$OUT/list.json" > "$OUT/id""#,
+    );
+    let mut cmd = host.std_cmd(&[]);
+    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .collect();
+    let status = StdCommand::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .envs(envs)
+        // The reserve would refuse the first backup on an 8 MiB disk.
+        .env("TIERKEEP_ZONES__BLACK_BOX__MIN_FREE", "1MiB")
+        .env("TK", &tk)
+        .env("CFG", &host.config)
+        .env("DATA", &data)
+        .env("SRC", host.src())
+        .env("BIG", &big)
+        .env("OUT", &out)
+        .status()
+        .expect("run unshare (util-linux)");
+    let read = |name: &str| fs::read_to_string(out.join(name)).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the script stopped early (90: no tmpfs mount in a user namespace here, 91: the \
+         first backup failed: {}, 92: list failed: {})",
+        read("first.err"),
+        read("list.err")
+    );
+    let err = read("second.err");
+    assert_eq!(
+        read("second.rc").trim(),
+        "1",
+        "the second backup fails: {err}"
+    );
+    assert!(
+        err.contains("No space left on device"),
+        "the error gives the kernel's reason: {err}"
+    );
+    let files = read("files.txt");
+    assert_eq!(
+        files.lines().filter(|f| f.contains("archive")).count(),
+        1,
+        "only the first backup's archive is on the disk, no partial one:\n{files}"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&read("list.json")).expect("list");
+    let first: serde_json::Value = serde_json::from_str(&read("first.json")).expect("first");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["id"], first["manifest"]["id"]);
+    assert_eq!(read("verify.rc").trim(), "0", "{}", read("verify.out"));
+    assert_eq!(read("restore.rc").trim(), "0", "{}", read("restore.err"));
+    // The source folder's own mtime moved with big.bin; the backup holds the file.
+    let restored = restored_src(&host, &out.join("restored"));
+    assert_eq!(
+        fs::read(restored.join("small.txt")).expect("restored file"),
+        b"kept through a full disk\n"
+    );
+    assert!(!restored.join("big.bin").exists());
+}

@@ -221,9 +221,13 @@ pub fn write_archive(
         ..
     } = w;
     summary.reused_bytes = framer.reused_bytes;
-    let finished = framer.finish();
-    written?;
-    let (mut sink, frames) = finished.map_err(|e| ArchiveError::io("write", out, e))?;
+    // When the output failed (a full disk, say), the walk only saw "the archive writer
+    // stopped": the output's error is the cause to report.
+    let (mut sink, frames) = match (written, framer.finish()) {
+        (_, Err(e)) => return Err(ArchiveError::io("write", out, e)),
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(()), Ok(finished)) => finished,
+    };
     let data_end = frames.last().map_or(0, |f| f.offset + f.bytes);
     let index = Index { frames, entries };
     let index_bytes = encode_index(&index).map_err(|e| ArchiveError::stream("index", e))?;
