@@ -1142,7 +1142,7 @@ fn a_backup_that_fills_the_disk_fails_cleanly_and_keeps_the_earlier_one() {
         r#"rm "$SRC/big.bin""#,
         r#"rm "$SRC/big.bin"; python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' "$OUT/list.json" > "$OUT/id""#,
     );
-    let mut cmd = host.std_cmd(&[]);
+    let cmd = host.std_cmd(&[]);
     let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
         .get_envs()
         .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
