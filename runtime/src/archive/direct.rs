@@ -314,67 +314,128 @@ pub(crate) fn read_at(
     Ok(window[skip..skip + len].to_vec())
 }
 
-/// A file read from start to end in [`BLOCK`]s, directly when the file system takes it.
+/// Blocks a [`Reader`] reads ahead of the one being handed out.
+const READ_AHEAD: usize = 2;
+
+/// A file read from start to end in [`BLOCK`]s, directly when the file system takes it,
+/// by a thread of its own that keeps [`READ_AHEAD`] blocks ahead (direct reads get no
+/// read-ahead from the kernel).
 pub(crate) struct Reader {
-    file: File,
-    /// File offset of the next block.
-    offset: u64,
-    mem: Vec<u8>,
-    /// The current block: `mem[at..at + filled]`, of which `pos` bytes are handed out.
-    at: usize,
-    filled: usize,
+    rx: Option<Receiver<io::Result<Block>>>,
+    /// Blocks handed out, back to the reading thread.
+    free: SyncSender<Block>,
+    current: Option<Block>,
+    /// Bytes of `current` handed out.
     pos: usize,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Reader {
-    /// Opens `path`.
+    /// Opens `path` and starts reading it.
     pub(crate) fn open(path: &Path) -> io::Result<Reader> {
+        let file = open_read(path)?;
+        let (tx, rx) = sync_channel::<io::Result<Block>>(READ_AHEAD);
+        let (free, free_rx) = sync_channel::<Block>(READ_AHEAD + 2);
+        let thread = std::thread::Builder::new()
+            .name("tierkeep-read".into())
+            .spawn(move || {
+                let mut offset = 0u64;
+                loop {
+                    let mut block = free_rx.try_recv().unwrap_or_else(|_| Block::new());
+                    let start = block.start;
+                    let read = pread_full(&file, &mut block.mem[start..start + BLOCK], offset);
+                    let last = !matches!(read, Ok(BLOCK));
+                    let sent = read.map(|n| {
+                        block.len = n;
+                        offset += n as u64;
+                        block
+                    });
+                    if tx.send(sent).is_err() || last {
+                        return;
+                    }
+                }
+            })?;
         Ok(Reader {
-            file: open_read(path)?,
-            offset: 0,
-            mem: Vec::new(),
-            at: 0,
-            filled: 0,
+            rx: Some(rx),
+            free,
+            current: None,
             pos: 0,
+            thread: Some(thread),
         })
+    }
+
+    /// The next block as read (empty at the end of the file); hand it back with
+    /// [`Reader::recycle`] once used.
+    fn next_block(&mut self) -> io::Result<Block> {
+        let rx = self.rx.as_ref();
+        match rx.map(Receiver::recv) {
+            Some(Ok(read)) => read,
+            // The thread ended after the last (short) block.
+            _ => Ok(Block {
+                mem: Vec::new(),
+                start: 0,
+                len: 0,
+            }),
+        }
+    }
+
+    fn recycle(&mut self, block: Block) {
+        if !block.mem.is_empty() {
+            let _ = self.free.try_send(block);
+        }
     }
 }
 
 impl Read for Reader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.filled {
-            let block = aligned(&mut self.mem, BLOCK);
-            let got = pread_full(&self.file, block, self.offset)?;
-            self.at = block.as_ptr().addr() - self.mem.as_ptr().addr();
-            self.offset += got as u64;
-            self.filled = got;
+        if self.current.as_ref().is_none_or(|b| self.pos == b.len) {
+            if let Some(done) = self.current.take() {
+                if done.len < BLOCK {
+                    // A short block was the last one.
+                    self.current = Some(done);
+                    return Ok(0);
+                }
+                self.recycle(done);
+            }
+            self.current = Some(self.next_block()?);
             self.pos = 0;
         }
-        let n = out.len().min(self.filled - self.pos);
-        let from = self.at + self.pos;
-        out[..n].copy_from_slice(&self.mem[from..from + n]);
+        let Some(block) = self.current.as_ref() else {
+            return Ok(0);
+        };
+        let n = out.len().min(block.len - self.pos);
+        out[..n].copy_from_slice(&block.data()[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }
 }
 
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Closing the queue stops the thread at its next block.
+        self.rx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Copies `src` to a new file `dest` and fsyncs it, both directly when the file system
-/// takes it; calls `progress` with the bytes copied as it goes.
+/// takes it (reading the next blocks while one is written); calls `progress` with the
+/// bytes copied as it goes.
 pub(crate) fn copy_file(src: &Path, dest: &Path, progress: &dyn Fn(u64)) -> io::Result<()> {
-    let input = open_read(src)?;
+    let mut input = Reader::open(src)?;
     let (mut out, mut direct) = create(dest)?;
-    let mut mem = Vec::new();
-    let block = aligned(&mut mem, BLOCK);
-    let mut offset = 0u64;
     loop {
-        let got = pread_full(&input, block, offset)?;
-        if got == 0 {
+        let block = input.next_block()?;
+        if block.len == 0 {
             break;
         }
-        write_block(&mut out, &block[..got], &mut direct)?;
-        offset += got as u64;
-        progress(got as u64);
-        if got < BLOCK {
+        write_block(&mut out, block.data(), &mut direct)?;
+        progress(block.len as u64);
+        let last = block.len < BLOCK;
+        input.recycle(block);
+        if last {
             break;
         }
     }

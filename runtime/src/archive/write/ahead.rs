@@ -6,9 +6,9 @@
 //! now, when that one looks unchanged too; the next chunk of a large file), and a reader
 //! thread reads them in that order and hands them over through a short queue, so the
 //! disk reads the next frame while the writer hashes this one, walks the sources and
-//! compresses what changed. A frame asked for
-//! without being announced, or out of order, is read on the spot. Only announced frames
-//! are read ahead, so a backup after many changes reads little it does not use.
+//! compresses what changed. A frame asked for without being announced, or out of order,
+//! is read on the spot. Only announced frames are read ahead, so a backup after many
+//! changes reads little it does not use.
 //!
 //! Reads use direct I/O (`O_DIRECT`) where the file system takes it, like the archive
 //! writer: the frames go from the disk into one reused buffer, with no fresh page-cache
@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 pub(super) use crate::archive::direct::{open_read as open, read_at};
 use crate::archive::index::Frame;
+
 /// Frames read ahead and not yet taken (besides the one being read).
 const AHEAD: usize = 3;
 
@@ -267,14 +268,12 @@ mod tests {
         r.announce(0..3);
         assert_eq!(bytes(r.get(0)), bodies[0]);
         assert_eq!(bytes(r.get(1)), bodies[1]);
-        // Announced, then skipped over: frame 2 is read and dropped.
+        // Announced, then skipped over: frames 2 and 3 are read and dropped.
         r.announce(3..6);
         assert_eq!(bytes(r.get(4)), bodies[4]);
-        // Behind what was announced and never announced itself: read on the spot
-        // (this must not wait for the reader thread).
+        // Asked for after they were dropped: read on the spot, while frame 5, read
+        // ahead, waits for its turn (nothing may wait for the reader thread here).
         assert_eq!(bytes(r.get(2)), bodies[2]);
-        // Frame 5 was read ahead and is still queued; asking again for an earlier one
-        // keeps it for later.
         assert_eq!(bytes(r.get(3)), bodies[3]);
         assert_eq!(bytes(r.get(5)), bodies[5]);
         // Not announced at all.

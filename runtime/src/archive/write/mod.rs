@@ -48,7 +48,7 @@ use super::{ArchiveError, BackgroundWriter};
 
 use self::records::{FileBody, copy_body, write_headers};
 pub use self::reuse::Previous;
-use self::reuse::{announce_following, unchanged, write_chunks};
+use self::reuse::{announce_following, unit_unchanged, write_chunks};
 
 mod ahead;
 mod records;
@@ -335,20 +335,7 @@ impl Writer<'_> {
             return Ok(false);
         };
         let n = unit.entries.len();
-        let items = self.walk.peek(&self.skip, n);
-        let mut added = HashMap::new();
-        let same = items.len() >= n
-            && items.iter().take(n).enumerate().all(|(k, item)| {
-                item.as_ref().is_ok_and(|item| {
-                    unchanged(
-                        item,
-                        prev.entry(unit.entries.start + k),
-                        &self.links,
-                        &mut added,
-                    )
-                })
-            });
-        if !same {
+        if !unit_unchanged(prev, &mut self.walk, &self.skip, 0, &unit, &self.links) {
             return Ok(false);
         }
         prev.announce(unit.frames.clone());

@@ -212,6 +212,27 @@ pub(super) fn write_chunks(
     Ok(())
 }
 
+/// Whether the walk's items from number `at` on would be written exactly as `unit`'s
+/// entries (see [`unchanged`]).
+pub(super) fn unit_unchanged(
+    prev: &Previous,
+    walk: &mut Walk,
+    skip: &Skip,
+    at: usize,
+    unit: &Unit,
+    links: &HashMap<(u64, u64), Vec<u8>>,
+) -> bool {
+    let n = unit.entries.len();
+    let items = walk.peek(skip, at + n);
+    let mut added = HashMap::new();
+    items.len() >= at + n
+        && items.iter().skip(at).take(n).enumerate().all(|(k, item)| {
+            item.as_ref().is_ok_and(|item| {
+                unchanged(item, prev.entry(unit.entries.start + k), links, &mut added)
+            })
+        })
+}
+
 /// Announces the frames of the unit that follows the walk's first `after` items when it
 /// looks unchanged, so that they are read while the current unit is copied. A hint
 /// only: the unit is checked again when its turn comes.
@@ -228,21 +249,7 @@ pub(super) fn announce_following(
     let Some(unit) = item_name(item).and_then(|n| prev.unit(&n)) else {
         return;
     };
-    let n = unit.entries.len();
-    let items = walk.peek(skip, after + n);
-    let mut added = HashMap::new();
-    let same = items.len() >= after + n
-        && items
-            .iter()
-            .skip(after)
-            .take(n)
-            .enumerate()
-            .all(|(k, item)| {
-                item.as_ref().is_ok_and(|item| {
-                    unchanged(item, prev.entry(unit.entries.start + k), links, &mut added)
-                })
-            });
-    if same {
+    if unit_unchanged(prev, walk, skip, after, unit, links) {
         prev.announce(unit.frames.clone());
     }
 }
@@ -250,7 +257,7 @@ pub(super) fn announce_following(
 /// Whether the walk's `item` would be written exactly as the previous archive's entry
 /// `e`: same name, kind, size, mtime and ctime to the nanosecond, device, inode, mode,
 /// owner and link target. `added` collects the hard-link first names the unit adds.
-pub(super) fn unchanged(
+fn unchanged(
     item: &Item,
     e: &Entry,
     links: &HashMap<(u64, u64), Vec<u8>>,
