@@ -18,9 +18,10 @@
 //! 64 MiB, so the disk flushes while more is written and the final `fsync` is short.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -319,35 +320,55 @@ const READ_AHEAD: usize = 2;
 
 /// A file read from start to end in [`BLOCK`]s, directly when the file system takes it,
 /// by a thread of its own that keeps [`READ_AHEAD`] blocks ahead (direct reads get no
-/// read-ahead from the kernel).
+/// read-ahead from the kernel). A seek starts the thread again at the new place.
 pub(crate) struct Reader {
+    file: Arc<File>,
     rx: Option<Receiver<io::Result<Block>>>,
     /// Blocks handed out, back to the reading thread.
-    free: SyncSender<Block>,
-    current: Option<Block>,
-    /// Bytes of `current` handed out.
-    pos: usize,
+    free: Option<SyncSender<Block>>,
     thread: Option<JoinHandle<()>>,
+    current: Option<Block>,
+    /// Bytes of `current` handed out (or to skip, right after a seek).
+    pos: usize,
+    /// File offset of the next byte handed out.
+    position: u64,
 }
 
 impl Reader {
     /// Opens `path` and starts reading it.
     pub(crate) fn open(path: &Path) -> io::Result<Reader> {
-        let file = open_read(path)?;
+        let mut r = Reader {
+            file: Arc::new(open_read(path)?),
+            rx: None,
+            free: None,
+            thread: None,
+            current: None,
+            pos: 0,
+            position: 0,
+        };
+        r.start(0)?;
+        Ok(r)
+    }
+
+    /// (Re)starts the reading thread at `offset`, dropping what was read ahead.
+    fn start(&mut self, offset: u64) -> io::Result<()> {
+        self.stop();
+        let aligned_at = offset / ALIGN as u64 * ALIGN as u64;
         let (tx, rx) = sync_channel::<io::Result<Block>>(READ_AHEAD);
         let (free, free_rx) = sync_channel::<Block>(READ_AHEAD + 2);
+        let file = Arc::clone(&self.file);
         let thread = std::thread::Builder::new()
             .name("tierkeep-read".into())
             .spawn(move || {
-                let mut offset = 0u64;
+                let mut at = aligned_at;
                 loop {
                     let mut block = free_rx.try_recv().unwrap_or_else(|_| Block::new());
                     let start = block.start;
-                    let read = pread_full(&file, &mut block.mem[start..start + BLOCK], offset);
+                    let read = pread_full(&file, &mut block.mem[start..start + BLOCK], at);
                     let last = !matches!(read, Ok(BLOCK));
                     let sent = read.map(|n| {
                         block.len = n;
-                        offset += n as u64;
+                        at += n as u64;
                         block
                     });
                     if tx.send(sent).is_err() || last {
@@ -355,20 +376,28 @@ impl Reader {
                     }
                 }
             })?;
-        Ok(Reader {
-            rx: Some(rx),
-            free,
-            current: None,
-            pos: 0,
-            thread: Some(thread),
-        })
+        self.rx = Some(rx);
+        self.free = Some(free);
+        self.thread = Some(thread);
+        self.current = None;
+        // The first block starts at the aligned offset: skip up to the one asked for.
+        self.pos = (offset - aligned_at) as usize;
+        self.position = offset;
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        // Closing the queue stops the thread at its next block.
+        self.rx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// The next block as read (empty at the end of the file); hand it back with
     /// [`Reader::recycle`] once used.
     fn next_block(&mut self) -> io::Result<Block> {
-        let rx = self.rx.as_ref();
-        match rx.map(Receiver::recv) {
+        match self.rx.as_ref().map(Receiver::recv) {
             Some(Ok(read)) => read,
             // The thread ended after the last (short) block.
             _ => Ok(Block {
@@ -380,25 +409,36 @@ impl Reader {
     }
 
     fn recycle(&mut self, block: Block) {
-        if !block.mem.is_empty() {
-            let _ = self.free.try_send(block);
+        if let Some(free) = self.free.as_ref()
+            && !block.mem.is_empty()
+        {
+            let _ = free.try_send(block);
         }
     }
 }
 
 impl Read for Reader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.current.as_ref().is_none_or(|b| self.pos == b.len) {
-            if let Some(done) = self.current.take() {
-                if done.len < BLOCK {
+        if self.current.as_ref().is_none_or(|b| self.pos >= b.len) {
+            let skip = match self.current.take() {
+                Some(done) if done.len < BLOCK => {
                     // A short block was the last one.
                     self.current = Some(done);
                     return Ok(0);
                 }
-                self.recycle(done);
+                Some(done) => {
+                    self.recycle(done);
+                    0
+                }
+                // Right after a seek, `pos` is the part of the first block to skip.
+                None => self.pos,
+            };
+            let block = self.next_block()?;
+            self.pos = skip.min(block.len);
+            self.current = Some(block);
+            if self.pos == self.current.as_ref().map_or(0, |b| b.len) {
+                return Ok(0);
             }
-            self.current = Some(self.next_block()?);
-            self.pos = 0;
         }
         let Some(block) = self.current.as_ref() else {
             return Ok(0);
@@ -406,17 +446,29 @@ impl Read for Reader {
         let n = out.len().min(block.len - self.pos);
         out[..n].copy_from_slice(&block.data()[self.pos..self.pos + n]);
         self.pos += n;
+        self.position += n as u64;
         Ok(n)
+    }
+}
+
+impl Seek for Reader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.file.metadata()?.len().checked_add_signed(d),
+            SeekFrom::Current(d) => self.position.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        if target != self.position {
+            self.start(target)?;
+        }
+        Ok(target)
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        // Closing the queue stops the thread at its next block.
-        self.rx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.stop();
     }
 }
 
@@ -518,6 +570,28 @@ mod tests {
                 back.extend_from_slice(&piece[..n]);
             }
             assert_eq!(back, data, "read back {len} bytes");
+            // Seeks, as a reader of the seek table does.
+            if len > 10 {
+                let mut r = Reader::open(&src).unwrap();
+                assert_eq!(r.seek(SeekFrom::End(-10)).unwrap(), len as u64 - 10);
+                let mut tail = Vec::new();
+                r.read_to_end(&mut tail).unwrap();
+                assert_eq!(tail, data[len - 10..]);
+                let mid = len / 2 + 3;
+                assert_eq!(r.seek(SeekFrom::Start(mid as u64)).unwrap(), mid as u64);
+                let mut first = [0u8; 5];
+                r.read_exact(&mut first).unwrap();
+                assert_eq!(first, data[mid..mid + 5]);
+                assert_eq!(r.seek(SeekFrom::Current(-5)).unwrap(), mid as u64);
+                let mut rest = Vec::new();
+                r.read_to_end(&mut rest).unwrap();
+                assert_eq!(rest, data[mid..]);
+                assert_eq!(r.seek(SeekFrom::Start(0)).unwrap(), 0);
+                let mut all = Vec::new();
+                r.read_to_end(&mut all).unwrap();
+                assert_eq!(all, data);
+                assert!(r.seek(SeekFrom::Current(-(len as i64) - 1)).is_err());
+            }
             // Positioned reads off the alignment.
             let f = open_read(&src).unwrap();
             let mut scratch = Vec::new();

@@ -3,7 +3,6 @@
 //! those chunks through, and the comparison of the archive's size and hash with its
 //! manifest.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,7 +49,9 @@ impl ArchiveSource {
     /// Opens the plaintext for reading: an encrypted file's header is decrypted here,
     /// so a wrong or missing identity fails before anything is read.
     pub(crate) fn open(&self) -> Result<Box<dyn Plain>, ArchiveError> {
-        let file = File::open(&self.path).map_err(|e| ArchiveError::io("open", &self.path, e))?;
+        // Read directly, off the page cache, with the next blocks read ahead.
+        let file = crate::archive::direct::Reader::open(&self.path)
+            .map_err(|e| ArchiveError::io("open", &self.path, e))?;
         let Some(d) = &self.decrypt else {
             return Ok(Box::new(file));
         };
@@ -59,8 +60,7 @@ impl ArchiveSource {
             recipients: d.recipients.clone(),
             reason,
         };
-        let decryptor = age::Decryptor::new(BufReader::with_capacity(1 << 20, file))
-            .map_err(|e| fail(e.to_string()))?;
+        let decryptor = age::Decryptor::new(file).map_err(|e| fail(e.to_string()))?;
         let reader = decryptor
             .decrypt(d.identities.iter())
             .map_err(|e| fail(crate::crypt::ranged::decrypt_reason(&e, &d.identities)))?;
