@@ -2,13 +2,15 @@
 //! writes on a thread of its own, and direct reads (positioned, sequential, and a plain
 //! copy).
 //!
-//! The caller's bytes are hashed as they are gathered into 4 MiB blocks, so hashing
-//! overlaps the disk's work. One thread writes each block with direct I/O (`O_DIRECT`): the data goes from the block to the disk without a copy into
-//! the page cache. That matters twice. A backup of hundreds of megabytes then does not
-//! push the host's working set out of memory. And filling fresh page-cache pages is the
-//! dearest part of writing on virtual machines whose memory the hypervisor hands out
-//! lazily: measured on such a machine, writing 647 MB through the page cache took
-//! 2.5–3.0 s of CPU, with direct I/O 0.04 s (0.5 s of wall time, the disk's).
+//! The writer hashes the caller's bytes as it gathers them into 4 MiB blocks, so hashing
+//! overlaps the disk's work, and one thread writes each block with direct I/O
+//! (`O_DIRECT`): from the block to the disk, without a copy into the page cache. That
+//! matters twice. A backup of hundreds of megabytes then does not push the host's working
+//! set out of memory. And filling fresh page-cache pages is the dearest part of writing
+//! on virtual machines whose memory the hypervisor hands out lazily: measured on such a
+//! machine, writing 647 MB through the page cache took 2.5–3.0 s of CPU, with direct I/O
+//! 0.04 s (0.5 s of wall time, the disk's). Readers keep a thread reading ahead, since
+//! direct reads get no read-ahead from the kernel.
 //!
 //! Direct I/O needs aligned buffers, offsets and lengths. The writer's blocks are
 //! aligned and full, so only the last, short one is written through the page cache.
