@@ -1106,57 +1106,34 @@ fn killed_backups_leave_nothing_behind() {
     host.ok(&["verify", "--all"]);
 }
 
-/// A backup that fills the black box's disk while it writes (a real, small tmpfs mounted
-/// in a private mount namespace by `unshare`) fails with the kernel's reason, leaves no
-/// partial archive behind, and keeps the backup made before it restorable.
-#[test]
-fn a_backup_that_fills_the_disk_fails_cleanly_and_keeps_the_earlier_one() {
-    let host = Host::new("");
-    let data = host.data();
-    fs::create_dir_all(&data).expect("data dir");
-    fs::write(host.src().join("small.txt"), b"kept through a full disk\n").expect("write");
-    // 24 MiB that zstd cannot shrink, for a disk of 8 MiB.
-    let big = host.root().join("big.bin");
-    let mut bytes = vec![0u8; 24 << 20];
-    getrandom::fill(&mut bytes).expect("random");
-    fs::write(&big, &bytes).expect("write");
+/// Runs `script` under `sh` in a private user and mount namespace (`unshare`, so no
+/// privileges are needed) with an 8 MiB tmpfs mounted on `mount`: a real small disk.
+/// The script gets `TK`, `CFG`, `DATA`, `SRC` and `OUT` (a folder for what it reports,
+/// returned), defines `tk` (tierkeep with this host's configuration) and must end with
+/// status 0; `first.err` and `list.err` in `OUT` explain an early stop.
+fn on_a_small_disk(host: &Host, mount: &Path, script: &str) -> std::path::PathBuf {
+    fs::create_dir_all(mount).expect("mount point");
     let out = host.root().join("out");
     fs::create_dir_all(&out).expect("out");
-    let tk = assert_cmd::cargo::cargo_bin("tierkeep");
-    let script = r#"
-        set -u
-        mount -t tmpfs -o size=8m tierkeep-full "$DATA" || exit 90
-        tk() { "$TK" --config "$CFG" --no-progress "$@"; }
-        tk backup --json > "$OUT/first.json" 2> "$OUT/first.err" || exit 91
-        cp "$BIG" "$SRC/big.bin"
-        tk backup > "$OUT/second.out" 2> "$OUT/second.err"; echo $? > "$OUT/second.rc"
-        find "$DATA" -type f | sort > "$OUT/files.txt"
-        tk list --json > "$OUT/list.json" 2> "$OUT/list.err" || exit 92
-        rm "$SRC/big.bin"
-        tk verify --all > "$OUT/verify.out" 2>&1; echo $? > "$OUT/verify.rc"
-        tk restore "$(cat "$OUT/id")" --to "$OUT/restored" > /dev/null 2> "$OUT/restore.err"
-        echo $? > "$OUT/restore.rc"
-    "#;
-    // The first backup's id is only known inside; `list` gives it before the restore.
-    let script = script.replace(
-        r#"rm "$SRC/big.bin""#,
-        r#"rm "$SRC/big.bin"; python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' "$OUT/list.json" > "$OUT/id""#,
+    let script = format!(
+        "set -u\nmount -t tmpfs -o size=8m tierkeep-small \"$MOUNT\" || exit 90\n\
+         tk() {{ \"$TK\" --config \"$CFG\" --no-progress \"$@\"; }}\n{script}"
     );
-    let cmd = host.std_cmd(&[]);
-    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = cmd
+    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = host
+        .std_cmd(&[])
         .get_envs()
         .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
         .collect();
     let status = StdCommand::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
         .envs(envs)
-        // The reserve would refuse the first backup on an 8 MiB disk.
+        // The reserve would refuse any backup on an 8 MiB disk.
         .env("TIERKEEP_ZONES__BLACK_BOX__MIN_FREE", "1MiB")
-        .env("TK", &tk)
+        .env("TK", assert_cmd::cargo::cargo_bin("tierkeep"))
         .env("CFG", &host.config)
-        .env("DATA", &data)
+        .env("DATA", host.data())
         .env("SRC", host.src())
-        .env("BIG", &big)
+        .env("MOUNT", mount)
         .env("OUT", &out)
         .status()
         .expect("run unshare (util-linux)");
@@ -1169,6 +1146,43 @@ fn a_backup_that_fills_the_disk_fails_cleanly_and_keeps_the_earlier_one() {
         read("first.err"),
         read("list.err")
     );
+    out
+}
+
+/// 24 MiB that zstd cannot shrink, for a disk of 8 MiB.
+fn incompressible(path: &Path) {
+    let mut bytes = vec![0u8; 24 << 20];
+    getrandom::fill(&mut bytes).expect("random");
+    fs::write(path, &bytes).expect("write");
+}
+
+/// A backup that fills the black box's disk while it writes fails with the kernel's
+/// reason, leaves no partial archive behind, and keeps the backup made before it
+/// restorable.
+#[test]
+fn a_backup_that_fills_the_disk_fails_cleanly_and_keeps_the_earlier_one() {
+    let host = Host::new("");
+    fs::write(host.src().join("small.txt"), b"kept through a full disk\n").expect("write");
+    let big = host.root().join("big.bin");
+    incompressible(&big);
+    let script = format!(
+        r#"
+        tk backup --json > "$OUT/first.json" 2> "$OUT/first.err" || exit 91
+        cp "{big}" "$SRC/big.bin"
+        tk backup > "$OUT/second.out" 2> "$OUT/second.err"; echo $? > "$OUT/second.rc"
+        find "$DATA" -type f | sort > "$OUT/files.txt"
+        tk list --json > "$OUT/list.json" 2> "$OUT/list.err" || exit 92
+        rm "$SRC/big.bin"
+        python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[0]["id"])' \
+            "$OUT/list.json" > "$OUT/id"
+        tk verify --all > "$OUT/verify.out" 2>&1; echo $? > "$OUT/verify.rc"
+        tk restore "$(cat "$OUT/id")" --to "$OUT/restored" > /dev/null 2> "$OUT/restore.err"
+        echo $? > "$OUT/restore.rc"
+        "#,
+        big = big.display()
+    );
+    let out = on_a_small_disk(&host, &host.data(), &script);
+    let read = |name: &str| fs::read_to_string(out.join(name)).unwrap_or_default();
     let err = read("second.err");
     assert_eq!(
         read("second.rc").trim(),
@@ -1198,4 +1212,42 @@ fn a_backup_that_fills_the_disk_fails_cleanly_and_keeps_the_earlier_one() {
         b"kept through a full disk\n"
     );
     assert!(!restored.join("big.bin").exists());
+}
+
+/// An aging into a local deletion zone whose disk fills up fails, leaves no partial copy
+/// there, and keeps the backup in the black box, where it still verifies.
+#[test]
+fn an_aging_into_a_full_deletion_disk_keeps_the_black_box_copy() {
+    let host = Host::new("[schedule]\ninterval = \"1s\"\naging = \"1s\"\n");
+    incompressible(&host.src().join("big.bin"));
+    let script = r#"
+        tk backup --json > "$OUT/first.json" 2> "$OUT/first.err" || exit 91
+        sleep 1.2
+        tk tick > "$OUT/tick.out" 2> "$OUT/tick.err"; echo $? > "$OUT/tick.rc"
+        find "$MOUNT" -type f | sort > "$OUT/files.txt"
+        tk list --json > "$OUT/list.json" 2> "$OUT/list.err" || exit 92
+        tk verify --all > "$OUT/verify.out" 2>&1; echo $? > "$OUT/verify.rc"
+    "#;
+    let out = on_a_small_disk(&host, &host.data().join("deletion"), script);
+    let read = |name: &str| fs::read_to_string(out.join(name)).unwrap_or_default();
+    let said = format!("{}{}", read("tick.out"), read("tick.err"));
+    assert!(
+        said.contains("No space left on device"),
+        "the tick reports the disk's error: {said}"
+    );
+    assert!(
+        !said.contains("stopped answering"),
+        "a full local folder is not called an outage: {said}"
+    );
+    let files = read("files.txt");
+    assert!(
+        !files.contains("archive"),
+        "no archive or partial copy is left in the deletion zone:\n{files}"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&read("list.json")).expect("list");
+    let first: serde_json::Value = serde_json::from_str(&read("first.json")).expect("first");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["id"], first["manifest"]["id"]);
+    assert_eq!(listed[0]["zone"], "black-box", "{listed}");
+    assert_eq!(read("verify.rc").trim(), "0", "{}", read("verify.out"));
 }

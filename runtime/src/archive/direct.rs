@@ -204,6 +204,46 @@ impl Write for BackgroundWriter {
     }
 }
 
+/// A file written directly when the file system takes it, in [`BLOCK`]s, on the
+/// caller's thread and without hashing: for a copy whose bytes are hashed elsewhere.
+pub(crate) struct Writer {
+    file: File,
+    direct: bool,
+    block: Block,
+}
+
+impl Writer {
+    /// Creates (or truncates) the file at `path`.
+    pub(crate) fn create(path: &Path) -> io::Result<Writer> {
+        let (file, direct) = create(path)?;
+        Ok(Writer {
+            file,
+            direct,
+            block: Block::new(),
+        })
+    }
+
+    /// Writes what is left and fsyncs.
+    pub(crate) fn finish(mut self) -> io::Result<()> {
+        write_block(&mut self.file, self.block.data(), &mut self.direct)?;
+        self.file.sync_all()
+    }
+}
+
+impl Write for Writer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.block.fill(data);
+        if self.block.len == BLOCK {
+            write_block(&mut self.file, self.block.data(), &mut self.direct)?;
+            self.block.len = 0;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The writer thread: writes each block, hands it back, and in buffered mode has a
 /// second thread flush every [`SYNC_EVERY`] bytes.
 fn write_blocks(
@@ -525,6 +565,24 @@ mod tests {
         round_trip(dir.path(), &[BLOCK]);
         round_trip(dir.path(), &[BLOCK, BLOCK, 4096]);
         round_trip(dir.path(), &[3 * BLOCK + 5, 1 << 20, 12_345, BLOCK - 1]);
+    }
+
+    #[test]
+    fn the_plain_writer_writes_every_piece_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w");
+        let mut w = Writer::create(&path).unwrap();
+        let mut expected = Vec::new();
+        for (k, n) in [5usize, BLOCK - 3, 7, BLOCK, 2 * BLOCK + 1, 100]
+            .into_iter()
+            .enumerate()
+        {
+            let piece: Vec<u8> = (0..n).map(|i| (i + k) as u8).collect();
+            w.write_all(&piece).unwrap();
+            expected.extend_from_slice(&piece);
+        }
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
     }
 
     #[test]

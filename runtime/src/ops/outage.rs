@@ -130,8 +130,11 @@ impl Tierkeep {
         let Some((kind, reason)) = transition else {
             return;
         };
-        if kind == "unreachable" {
+        if kind == "unreachable" && remote {
             tracing::error!(%zone, "the {zone} zone stopped answering: {reason}");
+        } else if kind == "unreachable" {
+            // A local folder always answers; it may be full, gone or read-only.
+            tracing::error!(%zone, "the {zone} zone's folder cannot be used: {reason}");
         } else {
             tracing::warn!(%zone, "the {zone} zone {reason}");
         }

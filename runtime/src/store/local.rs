@@ -123,7 +123,11 @@ impl LocalStore {
             fs::rename(src, &dest).map_err(|e| self.err("rename", &dest, e))?;
         } else {
             let partial = dir.join(format!("{name}.partial"));
-            copy_synced(src, &partial, progress).map_err(|e| self.err("write", &partial, e))?;
+            if let Err(e) = copy_synced(src, &partial, progress) {
+                // A full disk stays full with a partial copy on it.
+                let _ = fs::remove_file(&partial);
+                return Err(self.err("write", &partial, e));
+            }
             fs::rename(&partial, &dest).map_err(|e| self.err("rename", &dest, e))?;
         }
         self.sync_folders(&dir)
@@ -207,7 +211,8 @@ impl LocalStore {
         let dest = dir.join(name);
         let partial = dir.join(format!("{name}.partial"));
         let written = (|| {
-            let mut out = File::create(&partial)?;
+            // Directly, off the page cache, like a plain archive's copy.
+            let mut out = crate::archive::direct::Writer::create(&partial)?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = match src.read(&mut buf) {
@@ -219,7 +224,7 @@ impl LocalStore {
                 out.write_all(&buf[..n])?;
                 progress(n as u64);
             }
-            out.sync_all()
+            out.finish()
         })();
         if let Err(e) = written {
             let _ = fs::remove_file(&partial);
