@@ -1,7 +1,7 @@
 //! Uploads: multipart uploads with several parts in flight, read from the archive one
 //! after the other (plain archives directly, off the page cache; encrypted ones as they
-//! are encrypted), and the upload journal that notes each one in flight so that an upload a crash or an
-//! outage left behind is aborted later.
+//! are encrypted), and the upload journal that notes each one in flight so that an
+//! upload a crash or an outage left behind is aborted later.
 
 use std::io::Read;
 use std::path::PathBuf;
