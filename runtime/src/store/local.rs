@@ -41,6 +41,19 @@ impl LocalStore {
         self.root.join(&key.host).join(key.id.as_str())
     }
 
+    /// The path of an archive that is there, or `NotFound`.
+    fn archive_file(&self, key: &BackupKey, name: &str) -> Result<PathBuf, StoreError> {
+        let path = self.dir(key).join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(StoreError::NotFound {
+                zone: self.url.clone(),
+                key: key.clone(),
+            })
+        }
+    }
+
     fn err(&self, op: &'static str, path: &Path, cause: io::Error) -> StoreError {
         StoreError::Io {
             zone: self.url.clone(),
@@ -339,17 +352,10 @@ impl ZoneStore for LocalStore {
         dest: &Path,
         progress: ProgressFn,
     ) -> Result<(), StoreError> {
-        let this = self.clone();
-        let src = self.dir(key).join(name);
+        let (this, key, name) = (self.clone(), key.clone(), name.to_owned());
         let dest = dest.to_path_buf();
-        let key = key.clone();
         blocking(move || {
-            if !src.is_file() {
-                return Err(StoreError::NotFound {
-                    zone: this.url.clone(),
-                    key,
-                });
-            }
+            let src = this.archive_file(&key, &name)?;
             copy_synced(&src, &dest, &progress).map_err(|e| this.err("copy", &src, e))
         })
         .await
@@ -361,16 +367,9 @@ impl ZoneStore for LocalStore {
         name: &str,
         progress: ProgressFn,
     ) -> Result<(u64, String), StoreError> {
-        let this = self.clone();
-        let src = self.dir(key).join(name);
-        let key = key.clone();
+        let (this, key, name) = (self.clone(), key.clone(), name.to_owned());
         blocking(move || {
-            if !src.is_file() {
-                return Err(StoreError::NotFound {
-                    zone: this.url.clone(),
-                    key,
-                });
-            }
+            let src = this.archive_file(&key, &name)?;
             crate::archive::hash_file(&src, &mut |n| progress(n)).map_err(|e| match e {
                 ArchiveError::Io { action, cause, .. } => this.err(action, &src, cause),
                 other => this.err("read", &src, io::Error::other(other.to_string())),

@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
-pub(super) use crate::archive::direct::{open_read as open, read_at};
+use crate::archive::direct::read_at;
 use crate::archive::index::Frame;
 
 /// Frames read ahead and not yet taken (besides the one being read).
@@ -221,6 +221,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::archive::direct::open_read as open;
 
     /// A file of `sizes.len()` frames of the given sizes, each of its own byte value, and
     /// their places.

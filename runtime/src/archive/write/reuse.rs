@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::ahead::{self, Fetched, FrameReader};
+use super::ahead::{Fetched, FrameReader};
 use super::walk::{Item, Walk};
 use super::{Skip, item_name, stream_err};
-use crate::archive::ArchiveError;
 use crate::archive::framer::Framer;
 use crate::archive::index::{self, CHUNK, Entry, Frame, Index, IndexRef, Kind};
+use crate::archive::{ArchiveError, direct};
 
 /// The previous archive, opened for reuse.
 #[derive(Debug)]
@@ -44,9 +44,9 @@ pub(super) struct Unit {
 impl Previous {
     /// Opens the archive at `path` and reads its index from `reference`.
     pub fn open(path: &Path, reference: &IndexRef) -> Result<Previous, String> {
-        let file = ahead::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        let file = direct::open_read(path).map_err(|e| format!("open {}: {e}", path.display()))?;
         let len = usize::try_from(reference.bytes).map_err(|e| e.to_string())?;
-        let bytes = ahead::read_at(&file, reference.offset, len, &mut Vec::new())
+        let bytes = direct::read_at(&file, reference.offset, len, &mut Vec::new())
             .map_err(|e| format!("read the index of {}: {e}", path.display()))?;
         let index = index::decode_index(&bytes, reference)
             .map_err(|e| format!("the index of {} is damaged: {e}", path.display()))?;
